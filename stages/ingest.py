@@ -1,0 +1,102 @@
+"""ingest: the user's file (parquet/csv/json/jsonl) -> one canonical parquet of text columns."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import sys
+
+import pandas as pd
+
+from stages import io, params
+
+OUT = "data/interim/ingested.parquet"
+REQUIRED = ("instruction", "output")
+TEXT_COLUMNS = ("instruction", "input", "output")  # input may be absent: prepare fills it with ""
+
+
+def check_columns(frame: pd.DataFrame, source: str) -> None:
+    missing = [c for c in REQUIRED if c not in frame.columns]
+    if not missing:
+        return
+    found = ", ".join(map(str, frame.columns)) or "(none)"
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, [str(c) for c in frame.columns], n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{close[0]!r} looks like {name!r} but columns are never renamed")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    raise io.DataError(f"{source}: required column(s) {', '.join(missing)} missing; found: {found}{hint}")
+
+
+def as_text(value, source: str, row: int, column: str) -> str | None:
+    """A cell as text: None stays missing; numbers become their decimal text; containers are errors."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise io.DataError(f"{source}: row {row}, column {column!r}: bytes that are not UTF-8 text") from None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
+        return as_text(value.item(), source, row, column)
+    raise io.DataError(
+        f"{source}: row {row}, column {column!r}: expected text, found {type(value).__name__} {_short(value)}"
+    )
+
+
+def canonicalize(frame: pd.DataFrame, source: str, extra_columns: str) -> pd.DataFrame:
+    """Validate the schema and return instruction/input/output as nullable text (+ extras if kept)."""
+    if frame.empty:
+        raise io.DataError(f"{source}: no rows")
+    frame.columns = [str(c) for c in frame.columns]
+    check_columns(frame, source)
+    out = {}
+    for column in TEXT_COLUMNS:
+        values = frame[column].tolist() if column in frame.columns else [None] * len(frame)
+        # Rows are reported 1-based, in file order.
+        out[column] = [as_text(v, source, i + 1, column) for i, v in enumerate(values)]
+    result = pd.DataFrame(out, dtype=object)
+    if extra_columns == "keep":
+        for column in frame.columns:
+            if column not in TEXT_COLUMNS:
+                result[column] = [_extra_as_text(v) for v in frame[column].tolist()]
+    return result
+
+
+def _extra_as_text(value) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value.tolist() if hasattr(value, "tolist") else value, ensure_ascii=False)
+    except TypeError:
+        return str(value)
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def main() -> None:
+    p = params.load("data")
+    frame = io.read_any(p.data.path)
+    canonical = canonicalize(frame, p.data.path, p.data.extra_columns)
+    io.write_parquet(OUT, canonical.astype("string"))
+    print(f"ingest: {len(canonical)} rows from {p.data.path} -> {OUT}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (io.DataError, params.ParamsError) as e:
+        sys.exit(f"ingest: error: {e}")

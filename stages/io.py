@@ -1,0 +1,137 @@
+"""File helpers: atomic writes and one reader for every supported input format."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+READERS = (".parquet", ".csv", ".json", ".jsonl")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the row or key, and the reason."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path next to `path`; on success it replaces `path` in one rename.
+
+    Works for files and directories. On any error (or kill) the temp path is removed
+    or left under a dot-name that is never read, and `path` keeps its old content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        yield target
+        if path.is_dir() and not path.is_symlink():
+            # A directory can't be os.replace'd over a non-empty one: move the old aside first.
+            old = path.parent / f".{path.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(target, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_any(path: str | os.PathLike) -> pd.DataFrame:
+    """Read parquet / csv / json (list of records) / jsonl by extension, as object columns."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise DataError(f"{path}: unknown extension {suffix!r}; expected one of {', '.join(READERS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    if suffix == ".parquet":
+        try:
+            return pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise DataError(f"{path}: not a readable parquet file ({e})") from e
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 (invalid byte 0x{raw[e.start]:02x} at byte offset {e.start})") from e
+    if suffix == ".csv":
+        return _read_csv(path, text)
+    if suffix == ".json":
+        return _read_json_records(path, text)
+    return _read_jsonl(path, text)
+
+
+def _read_csv(path: Path, text: str) -> pd.DataFrame:
+    import io
+
+    try:
+        # keep_default_na=False: the text "NA" or "null" is data, not a missing value;
+        # only a truly empty field counts as missing.
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{path}: file has no header row") from e
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from e
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def _read_json_records(path: Path, text: str) -> pd.DataFrame:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
+    for i, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: record {i} is {type(record).__name__}, expected an object")
+    return pd.DataFrame.from_records(data)
+
+
+def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from e
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {lineno} is {type(record).__name__}, expected an object")
+        records.append(record)
+    if not records:
+        raise DataError(f"{path}: no records")
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,209 @@
+"""Model and tokenizer loading, in one place for base, prepare, train, evaluate and merge."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import warnings
+
+import torch
+
+from stages import prompts
+
+# bitsandbytes warns on every 8-bit matmul of an fp32 input (the CPU path); once is enough.
+warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
+
+SOURCE_FILE = "source.json"  # in models/base: where the weights live when they are not copied there
+
+
+class ModelError(RuntimeError):
+    """A model or adapter that cannot be used: says what was expected and what to do."""
+
+
+# ---------------------------------------------------------------- hardware
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """auto: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU (bf16 there is ~10x slower)."""
+    if precision == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+# ---------------------------------------------------------------- tokenizers
+
+def _finish_tokenizer(tokenizer):
+    """Qwen2-Instruct conventions: ChatML template, <|im_end|> ends a turn, <|endoftext|> pads."""
+    from tokenizers import AddedToken
+
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [AddedToken(t, special=True) for t in prompts.SPECIAL_TOKENS[1:]]}
+    )
+    tokenizer.eos_token = prompts.END_OF_TURN
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.chat_template = prompts.CHATML_TEMPLATE
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def train_bpe_tokenizer(texts, vocab_size: int):
+    """Byte-level BPE with Qwen2's pre-tokenizer, trained on `texts`: a small Qwen2-style vocabulary."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(prompts.SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return _finish_tokenizer(Qwen2Tokenizer(vocab=model["vocab"], merges=merges))
+
+
+def qwen2_tokenizer_from_files(directory: str | os.PathLike):
+    """The real Qwen2 vocabulary from vocab.json + merges.txt (no hub needed)."""
+    from transformers import Qwen2Tokenizer
+
+    directory = Path(directory)
+    missing = [n for n in ("vocab.json", "merges.txt") if not (directory / n).is_file()]
+    if missing:
+        raise ModelError(f"model.tiny.tokenizer: {directory} lacks {', '.join(missing)}")
+    return _finish_tokenizer(Qwen2Tokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt")))
+
+
+def load_tokenizer(base_dir: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = prompts.CHATML_TEMPLATE
+    return tokenizer
+
+
+# ---------------------------------------------------------------- base models
+
+def build_tiny_model(cfg, tokenizer):
+    """A random Qwen2ForCausalLM sized by params (model.tiny), reproducible from its seed."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    return model
+
+
+def resolve_pretrained(base: str, revision: str) -> dict:
+    """Where a non-tiny base lives: a local directory as is, a hub id through the local HF cache.
+
+    A hub model is downloaded once into the HF cache and reused by every later run and
+    experiment; offline, a cached copy is used, and a missing one is a clear error.
+    """
+    local = Path(base).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelError(f"model.base: {local} is a directory but has no config.json (not a model directory)")
+        return {"kind": "local", "path": str(local.resolve())}
+    if base.startswith((".", "/", "~")) or base.count("/") != 1:
+        raise ModelError(f"model.base: {base!r} is neither an existing directory nor a hub id like 'Qwen/Qwen2-0.5B-Instruct'")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+    try:
+        path = snapshot_download(base, revision=revision, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        try:
+            path = snapshot_download(base, revision=revision, allow_patterns=patterns)
+        except Exception as e:
+            raise ModelError(
+                f"model.base: could not download {base!r} (revision {revision!r}) from the Hugging Face Hub "
+                f"and it is not in the local cache ({type(e).__name__}: {e}). Without network, download it "
+                f"elsewhere (`hf download {base} --local-dir DIR`), copy DIR here and set model.base to that "
+                f"directory, e.g. `dvc exp run -S model.base=/path/to/DIR`."
+            ) from e
+    return {"kind": "hub", "id": base, "revision": revision, "path": str(Path(path).resolve())}
+
+
+def weights_dir(base_dir: str | os.PathLike) -> str:
+    """The directory holding the base weights: models/base itself, or where source.json points."""
+    base_dir = Path(base_dir)
+    source = base_dir / SOURCE_FILE
+    if not source.is_file():
+        return str(base_dir)
+    path = json.loads(source.read_text())["path"]
+    if not Path(path, "config.json").is_file():
+        raise ModelError(f"{source} points to {path}, which holds no model now; rerun `dvc repro -f base`")
+    return path
+
+
+def load_model(base_dir: str | os.PathLike, quantization: str = "none", dtype: torch.dtype = torch.float32):
+    """The base model, quantized with bitsandbytes (8bit / 4bit) or not ('none')."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = {}
+    if quantization == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+        )
+    model = AutoModelForCausalLM.from_pretrained(weights_dir(base_dir), dtype=dtype, device_map=device(), **kwargs)
+    return model
+
+
+def load_tuned(base_dir, adapter_dir, quantization: str, dtype: torch.dtype, expected_base: str | None = None):
+    """Base + LoRA adapter, after checking the adapter is complete and made for this base."""
+    from peft import PeftModel
+
+    check_adapter(adapter_dir, expected_base)
+    model = load_model(base_dir, quantization, dtype)
+    return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
+def check_adapter(adapter_dir, expected_base: str | None) -> None:
+    adapter_dir = Path(adapter_dir)
+    config = adapter_dir / "adapter_config.json"
+    if not config.is_file():
+        raise ModelError(f"{adapter_dir}: no adapter_config.json; not a complete LoRA adapter (rerun train)")
+    if not any((adapter_dir / n).is_file() for n in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise ModelError(f"{adapter_dir}: no adapter_model.safetensors; not a complete LoRA adapter (rerun train)")
+    if expected_base is not None:
+        found = json.loads(config.read_text()).get("base_model_name_or_path")
+        if found != expected_base:
+            raise ModelError(
+                f"{config}: adapter was trained on base {found!r}, but model.base is {expected_base!r}; "
+                "retrain (dvc repro train) or set model.base back"
+            )
