@@ -6,14 +6,26 @@ import json
 import os
 from pathlib import Path
 
-import warnings
+import logging
 
 import torch
 
 from stages import prompts
 
-# bitsandbytes warns on every 8-bit matmul of an fp32 input (the CPU path); once is enough.
-warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
+
+class _FirstTimeOnly(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        new = record.msg not in self.seen
+        self.seen.add(record.msg)
+        return new
+
+
+# bitsandbytes logs a warning on every 8-bit matmul of an fp32 input (the CPU path); once is enough.
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_FirstTimeOnly())
 
 SOURCE_FILE = "source.json"  # in models/base: where the weights live when they are not copied there
 
