@@ -44,8 +44,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     export_dtype = modeling.compute_dtype(p.merge.dtype)
-    tokenizer = modeling.load_tokenizer(ADAPTER_DIR)
     modeling.check_adapter(ADAPTER_DIR, expected_base=p.model.base)
+    tokenizer = modeling.load_tokenizer(ADAPTER_DIR)
     # Merge and check in fp32, so the tolerance measures the merge, not bf16 rounding.
     tuned = PeftModel.from_pretrained(modeling.load_model(BASE_DIR, "none", torch.float32), ADAPTER_DIR)
     batch = parity_batch(tokenizer, pd.read_parquet(TEST_DATA), p.merge.num_prompts, tuned.device)

@@ -117,11 +117,33 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def keep_adapter_dtype(model) -> None:
+    """Resume into the adapter dtype TRL chose (bf16 for a quantized base), not an fp32 copy.
+
+    Trainer resumes a PEFT model through `load_adapter`, which upcasts a bf16 adapter to fp32:
+    the rest of the run would then compute differently from an uninterrupted one.
+    """
+    load_adapter = model.load_adapter
+    model.load_adapter = lambda *args, **kwargs: load_adapter(*args, **{"autocast_adapter_dtype": False, **kwargs})
+
+
+def whole_run_loss(trainer, train_output, resumed_from: int) -> float:
+    """Mean training loss over every step; Trainer's `training_loss` covers only the steps of this call."""
+    if not resumed_from:
+        return train_output.training_loss
+    total = steps = last = 0
+    for h in trainer.state.log_history:  # the checkpoint's logs, then this call's
+        if "loss" in h and h["step"] <= resumed_from:
+            total, steps, last = total + h["loss"] * (h["step"] - last), steps + h["step"] - last, h["step"]
+    tail = trainer.state.global_step - resumed_from
+    return (total + train_output.training_loss * tail) / max(steps + tail, 1)
+
+
 def summarize(trainer, train_output, final_eval: dict, resumed_from: int, seconds: float) -> dict:
     logged = [h for h in trainer.state.log_history if "loss" in h]
     tokens = trainer.state.num_input_tokens_seen or (logged[-1].get("num_tokens", 0) if logged else 0)
     return {
-        "train_loss": train_output.training_loss,
+        "train_loss": whole_run_loss(trainer, train_output, resumed_from),
         "last_logged_loss": logged[-1]["loss"] if logged else None,
         "eval_loss": final_eval.get("eval_loss"),
         "eval_entropy": final_eval.get("eval_entropy"),
@@ -143,6 +165,9 @@ def main() -> None:
     from trl import SFTTrainer
 
     resume_from = checkpoints.resume_point(CHECKPOINT_DIR, run_id(p))
+    start_step = checkpoints.step_of(resume_from) if resume_from else 0
+    if resume_from:
+        checkpoints.trim_live_logs(LIVE_DIR, start_step)  # drop what the killed run logged after its checkpoint
     dtype = modeling.compute_dtype(p.train.precision)
     tokenizer = modeling.load_tokenizer(BASE_DIR)
     model = modeling.load_model(BASE_DIR, p.model.quantization, dtype)
@@ -158,7 +183,9 @@ def main() -> None:
         peft_config=lora_config(p.train),
         callbacks=[step_aligned_dvclive()(live=live)],
     )
-    start_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+    if resume_from:
+        keep_adapter_dtype(trainer.model)
+        trainer._total_train_tokens = int(checkpoints.last_logged(resume_from, "num_tokens") or 0)  # TRL's count
     print(f"train: {modeling.device()}, {dtype}, base {p.model.base} ({p.model.quantization}), lr {p.lr:g}"
           + (f", resuming from {resume_from}" if resume_from else ""))
     start = time.time()
@@ -172,7 +199,7 @@ def main() -> None:
 
     trainer.model.peft_config["default"].base_model_name_or_path = p.model.base
     with io.atomic_path(ADAPTER_OUT) as tmp:
-        trainer.model.save_pretrained(tmp)
+        trainer.model.save_pretrained(tmp, save_embedding_layers=False)  # no hub lookup
         tokenizer.save_pretrained(tmp)
     summary = summarize(trainer, output, final_eval, start_step, seconds)
     io.write_json(METRICS_OUT, summary)

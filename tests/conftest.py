@@ -47,8 +47,10 @@ def env() -> dict:
     return e
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600,
+        extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                            timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -58,8 +60,8 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([str(BIN / "dvc"), *args], cwd=cwd, check=check)
 
 
-def stage(name: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, check=check)
+def stage(name: str, cwd: Path, check: bool = True, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, check=check, extra_env=extra_env)
 
 
 def write_params(project: Path, changes: dict) -> None:
@@ -72,7 +74,7 @@ def make_project(root: Path, params: dict | None = None, git: bool = True) -> Pa
     """A copy of the project (code, pipeline, embedded data) with fast params; a git+dvc repo if asked."""
     project = root / "project"
     project.mkdir()
-    for name in ("stages", "data/raw", ".dvc/plots"):
+    for name in ("stages", "data/raw"):
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, project / name)
@@ -81,6 +83,8 @@ def make_project(root: Path, params: dict | None = None, git: bool = True) -> Pa
         run(["git", "init", "-q"], cwd=project)
         dvc("init", "-q", cwd=project)
         dvc("config", "core.autostage", "true", cwd=project)
+    shutil.copytree(REPO / ".dvc/plots", project / ".dvc/plots")  # the table template for samples
+    if git:
         run(["git", "add", "-A"], cwd=project)
         run(["git", "commit", "-qm", "init"], cwd=project)
     return project
