@@ -32,7 +32,7 @@ def check_columns(frame: pd.DataFrame, source: str) -> None:
 
 def as_text(value, source: str, row: int, column: str) -> str | None:
     """A cell as text: None stays missing; numbers become their decimal text; containers are errors."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return None
     if isinstance(value, str):
         return value
@@ -56,23 +56,30 @@ def canonicalize(frame: pd.DataFrame, source: str, extra_columns: str) -> pd.Dat
     """Validate the schema and return instruction/input/output as nullable text (+ extras if kept)."""
     if frame.empty:
         raise io.DataError(f"{source}: no rows")
-    frame.columns = [str(c) for c in frame.columns]
+    frame = frame.rename(columns=str)  # a copy: the caller's frame keeps its column names
+    repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if repeated:
+        raise io.DataError(f"{source}: column(s) {', '.join(map(repr, repeated))} appear more than once")
     check_columns(frame, source)
     out = {}
     for column in TEXT_COLUMNS:
         values = frame[column].tolist() if column in frame.columns else [None] * len(frame)
         # Rows are reported 1-based, in file order.
         out[column] = [as_text(v, source, i + 1, column) for i, v in enumerate(values)]
-    result = pd.DataFrame(out, dtype=object)
     if extra_columns == "keep":
         for column in frame.columns:
             if column not in TEXT_COLUMNS:
-                result[column] = [_extra_as_text(v) for v in frame[column].tolist()]
-    return result
+                out[column] = [_extra_as_text(v) for v in frame[column].tolist()]
+    return pd.DataFrame(out, dtype=object)  # object: missing stays None in every column
+
+
+def _missing(value) -> bool:
+    # pd.NA is what a parquet written from pandas' "string" dtype (ingest's own output) holds.
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _extra_as_text(value) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return None
     if isinstance(value, str):
         return value

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
+import glob
 import json
 import os
 import shutil
@@ -28,6 +31,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Temp dirs of an earlier write of this path that was killed: nothing reads them, but they
+    # would pile up (a merged model each). DVC's repo lock means no other writer is live.
+    # Eight ?: mkdtemp's random part, so "a" never matches the temp dir of "a.b".
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
@@ -82,10 +90,14 @@ def read_any(path: str | os.PathLike) -> pd.DataFrame:
         except Exception as e:  # pyarrow raises several types for a corrupt file
             raise DataError(f"{path}: not a readable parquet file ({e})") from e
     raw = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 (invalid byte 0x{raw[e.start]:02x} at byte offset {e.start})") from e
+        offset = bom + e.start  # in the file, BOM included
+        raise DataError(f"{path}: not UTF-8 (invalid byte 0x{raw[offset]:02x} at byte offset {offset})") from e
+    if not text.strip():
+        raise DataError(f"{path}: file is empty (only whitespace)")
     if suffix == ".csv":
         return _read_csv(path, text)
     if suffix == ".json":
@@ -96,10 +108,17 @@ def read_any(path: str | os.PathLike) -> pd.DataFrame:
 def _read_csv(path: Path, text: str) -> pd.DataFrame:
     import io
 
+    buffer = io.StringIO(text)
+    # pandas renames a repeated header to "name.1": refuse instead, columns are never renamed.
+    header = next(csv.reader(buffer), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header")
+    buffer.seek(0)
     try:
         # keep_default_na=False: the text "NA" or "null" is data, not a missing value;
         # only a truly empty field counts as missing.
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(buffer, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: file has no header row") from e
     except pd.errors.ParserError as e:
@@ -117,12 +136,13 @@ def _read_json_records(path: Path, text: str) -> pd.DataFrame:
     for i, record in enumerate(data):
         if not isinstance(record, dict):
             raise DataError(f"{path}: record {i} is {type(record).__name__}, expected an object")
-    return pd.DataFrame.from_records(data)
+    return _frame(data)
 
 
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Not splitlines(): it also splits at U+2028, U+0085 etc., which JSON allows unescaped in strings.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -134,4 +154,10 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
         records.append(record)
     if not records:
         raise DataError(f"{path}: no records")
-    return pd.DataFrame.from_records(records)
+    return _frame(records)
+
+
+def _frame(records: list[dict]) -> pd.DataFrame:
+    # dtype=object keeps each value as parsed: otherwise a column of ints with a null turns into
+    # floats and the number 7 would become the text "7.0".
+    return pd.DataFrame(records, dtype=object)

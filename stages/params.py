@@ -110,6 +110,10 @@ class ModelParams:
         if not self.revision.strip():
             bad.append("model.revision must not be empty")
         self.tiny.check(bad)
+        narrowest = min(self.tiny.hidden_size, self.tiny.intermediate_size)
+        if self.base == "tiny" and self.quantization == "4bit" and narrowest < 64:
+            bad.append(f"model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
+                       f"(the bitsandbytes block size), got {narrowest}")
 
 
 @dataclass

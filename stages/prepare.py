@@ -29,8 +29,10 @@ REASONS = (
     "conflicting_output",
     "too_long",
 )
-# Alpaca's own filler values, and outputs that are only dots / ellipses.
-PLACEHOLDER = re.compile(r"^\s*(<\s*no\s*(input|output)\s*>|n/a|(\s*(\.{2,}|…+)\s*)+)\s*$", re.IGNORECASE)
+# Alpaca's own filler values, and outputs that are only dots / ellipses (fullmatch both).
+PLACEHOLDER = re.compile(r"\s*(<\s*no\s*(input|output)\s*>|n/a)\s*", re.IGNORECASE)
+# (?!\.) makes each dot run match whole: split freely, "...." + "x" took exponential time.
+DOTS = re.compile(r"\s*((\.{2,}(?!\.)|…+(?!…))\s*)+")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, newline and carriage return are fine
 
 
@@ -44,7 +46,7 @@ def row_problem(instruction, input_text, output) -> str | None:
         return "blank_instruction"
     if not output.strip():
         return "blank_output"
-    if PLACEHOLDER.match(output):
+    if PLACEHOLDER.fullmatch(output) or DOTS.fullmatch(output):
         return "placeholder_output"
     if any(CONTROL.search(text) for text in (instruction, input_text, output)):
         return "control_characters"
@@ -72,15 +74,12 @@ def clean(
             record["input"] = ""
             filled_input += 1
         reason = row_problem(record["instruction"], record["input"], record["output"])
-        if reason is None:
-            exact = (record["instruction"], record["input"], record["output"])
-            key = prompts.prompt_key(record["instruction"], record["input"])
-            if exact in seen_rows:
-                reason = "duplicate"
-            elif key in seen_prompts:
-                reason = "conflicting_output"  # same prompt, another answer: the first one wins
-            seen_rows.add(exact)
-            seen_prompts.add(key)
+        exact = (record["instruction"], record["input"], record["output"])
+        key = prompts.prompt_key(record["instruction"], record["input"]) if reason is None else None
+        if reason is None and exact in seen_rows:
+            reason = "duplicate"
+        elif reason is None and key in seen_prompts:
+            reason = "conflicting_output"  # same prompt, another answer: the first kept one wins
         if reason is None and length_of is not None:
             conversation = prompts.to_conversation(record["instruction"], record["input"], record["output"])
             if length_of(conversation) > max_length:
@@ -92,6 +91,8 @@ def clean(
             drops[reason] += 1
         else:
             kept.append(record)
+            seen_rows.add(exact)
+            seen_prompts.add(key)
     columns = list(frame.columns)
     counts = {
         "rows_read": len(frame),

@@ -168,3 +168,12 @@ def test_out_of_memory_becomes_advice(tmp_path, monkeypatch):
     assert "lower train.batch_size (now 2) and raise train.grad_accum (now 4)" in message
     assert "set train.gradient_checkpointing: true" in message
     assert not (project / "models/adapter").exists() and not (project / "metrics/train.json").exists()
+
+
+def test_4bit_tiny_model_must_be_wide_enough():
+    from stages.params import ParamsError, parse
+
+    with pytest.raises(ParamsError, match="model.quantization 4bit needs model.tiny.hidden_size and "
+                                         "intermediate_size >= 64 .the bitsandbytes block size., got 32"):
+        parse({"model": {"quantization": "4bit", "tiny": {"hidden_size": 32}}}, ["model"])
+    parse({"model": {"quantization": "4bit"}}, ["model"])  # the default tiny model is wide enough
