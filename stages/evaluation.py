@@ -3,6 +3,7 @@ text metrics. Pure functions take tensors/strings, so they are tested without a 
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import string
@@ -18,21 +19,25 @@ from stages import prompts
 def batch_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """Sums over the response tokens of one batch (labels == -100 elsewhere), shifted for next-token.
 
-    Returned as sums so batches add up; nothing of the logits outlives the batch.
+    logits[:, t] predicts labels[:, t + 1]. Only the response positions are turned into fp32
+    log-probabilities ([tokens, vocab], not [batch, length, vocab]). Returned as sums so batches
+    add up; nothing of the logits outlives the batch.
     """
-    logits = logits[:, :-1].float()
     labels = labels[:, 1:]
     mask = labels != -100
-    log_probs = torch.log_softmax(logits, dim=-1)
-    safe_labels = labels.clamp(min=0)
-    nll = -log_probs.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
-    correct = logits.argmax(-1) == labels
+    picked = logits[:, :-1][mask].float()  # [response tokens, vocab]
+    targets = labels[mask]
+    log_probs = torch.log_softmax(picked, dim=-1)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    probs = log_probs.exp()
+    # 0 * log 0 = 0: a token with logit -inf (masked vocabulary) must not turn the entropy into NaN
+    entropy = -torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs)).sum(-1)
+    correct = picked.argmax(-1) == targets
     return {
-        "nll": nll[mask].sum().item(),
-        "entropy": entropy[mask].sum().item(),
-        "correct": correct[mask].sum().item(),
-        "tokens": mask.sum().item(),
+        "nll": nll.sum().item(),
+        "entropy": entropy.sum().item(),
+        "correct": int(correct.sum().item()),
+        "tokens": int(mask.sum().item()),
     }
 
 
@@ -75,7 +80,7 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def response_metrics(model, tokenizer, conversations: list[dict], batch_size: int, max_length: int) -> dict:
     """Loss, perplexity, accuracy and entropy over response tokens, streamed batch by batch."""
     model.eval()
@@ -86,8 +91,16 @@ def response_metrics(model, tokenizer, conversations: list[dict], batch_size: in
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         batch = pad_batch([examples[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        for key, value in batch_stats(logits, batch["labels"].to(device)).items():
+        scored = (batch["labels"][:, 1:] != -100).any(0).nonzero()
+        if len(scored) == 0:  # every response was cut off by max_length
+            continue
+        # Logits only from the first position that predicts a response token: the prompt's are never
+        # scored, and the output layer with its [batch, length, vocab] logits is a large share of the time
+        # and memory (151k-token vocabulary for Qwen2). Rows are right-padded, so one cut fits all.
+        first = int(scored[0])
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       use_cache=False, logits_to_keep=batch["input_ids"].shape[1] - first).logits
+        for key, value in batch_stats(logits, batch["labels"][:, first:].to(device)).items():
             total[key] += value
         del logits
     return summarize_stats(total)
@@ -101,12 +114,13 @@ def sample_indices(n_rows: int, k: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_rows), min(k, n_rows)))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model, tokenizer, conversations: list[dict], batch_size: int, max_new_tokens: int,
              do_sample: bool = False, temperature: float = 1.0, seed: int = 0) -> list[dict]:
-    """Responses for the prompts of `conversations`: left-padded batches, KV cache, stop at <|im_end|>."""
+    """Responses for the prompts of `conversations`: left-padded batches, KV cache, stop at <|im_end|>
+    (or <|endoftext|>, which Qwen2's generation config also lists as an end)."""
     model.eval()
-    end_id = tokenizer.convert_tokens_to_ids(prompts.END_OF_TURN)
+    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in (prompts.END_OF_TURN, "<|endoftext|>")]
     device = next(model.parameters()).device
     texts = [tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True) for c in conversations]
     side = tokenizer.padding_side
@@ -125,13 +139,14 @@ def generate(model, tokenizer, conversations: list[dict], batch_size: int, max_n
                 temperature=temperature if do_sample else None,
                 top_p=None,
                 top_k=None,
-                eos_token_id=end_id,
+                eos_token_id=end_ids,
                 pad_token_id=tokenizer.pad_token_id,
                 use_cache=True,
             )
             for row in output[:, batch["input_ids"].shape[1] :].tolist():
-                stopped = end_id in row
-                tokens = row[: row.index(end_id)] if stopped else row
+                end = next((i for i, token in enumerate(row) if token in end_ids), None)
+                stopped = end is not None
+                tokens = row[:end] if stopped else row
                 results.append({"text": tokenizer.decode(tokens, skip_special_tokens=True),
                                 "tokens": len(tokens), "stopped": stopped})
     finally:
@@ -152,10 +167,15 @@ def exact_match(prediction: str, reference: str) -> float:
     return float(normalize(prediction) == normalize(reference))
 
 
-def rouge_l_f1(prediction: str, reference: str) -> float:
+@functools.lru_cache(maxsize=1)
+def _rouge_l():
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].fmeasure
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def rouge_l_f1(prediction: str, reference: str) -> float:
+    return _rouge_l().score(reference, prediction)["rougeL"].fmeasure
 
 
 def text_metrics(generations: list[dict], references: list[str]) -> dict:
