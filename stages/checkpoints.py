@@ -11,9 +11,11 @@ import warnings
 from pathlib import Path
 
 FINGERPRINT_FILE = "fingerprint.json"
-# What Trainer writes for a LoRA run; a checkpoint missing any of them is not resumable.
-REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json",
-                  "optimizer.pt", "scheduler.pt")
+TRAINER_STATE = "trainer_state.json"
+# What Trainer writes for a single-device LoRA run; a checkpoint missing any of them is not resumable
+# (without rng_state.pth dropout would draw differently from an uninterrupted run).
+REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json", TRAINER_STATE,
+                  "optimizer.pt", "scheduler.pt", "rng_state.pth")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -38,32 +40,121 @@ def fingerprint(settings: dict, inputs: list[str | os.PathLike]) -> str:
     return h.hexdigest()
 
 
-def is_complete(checkpoint: Path) -> bool:
-    return all((checkpoint / name).is_file() and (checkpoint / name).stat().st_size > 0 for name in REQUIRED_FILES)
+def step_of(checkpoint: str | os.PathLike) -> int:
+    """The global step of a checkpoint-N directory."""
+    m = CHECKPOINT.match(Path(checkpoint).name)
+    if not m:
+        raise ValueError(f"{checkpoint} is not a checkpoint-N directory")
+    return int(m.group(1))
 
 
-def latest_complete(output_dir: str | os.PathLike) -> Path | None:
-    """The highest-step checkpoint with every file present; incomplete ones are skipped with a warning."""
+def _state(checkpoint: Path) -> dict | None:
+    try:
+        return json.loads((checkpoint / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def missing_files(checkpoint: str | os.PathLike) -> list[str]:
+    """Required files that are absent or empty, and trainer_state.json if it is not whole.
+
+    Trainer writes trainer_state.json last, so a valid one for this step means the files before it
+    were written completely.
+    """
+    checkpoint = Path(checkpoint)
+    missing = [n for n in REQUIRED_FILES if not (checkpoint / n).is_file() or (checkpoint / n).stat().st_size == 0]
+    if TRAINER_STATE not in missing:
+        state = _state(checkpoint)
+        if not isinstance(state, dict) or state.get("global_step") != step_of(checkpoint):
+            missing.append(f"{TRAINER_STATE} (truncated or for another step)")
+    return missing
+
+
+def is_complete(checkpoint: str | os.PathLike) -> bool:
+    return Path(checkpoint).is_dir() and not missing_files(checkpoint)
+
+
+def last_logged(checkpoint: str | os.PathLike, key: str):
+    """The last value of `key` in a checkpoint's log history, or None."""
+    state = _state(Path(checkpoint)) or {}
+    values = [h[key] for h in state.get("log_history", []) if key in h]
+    return values[-1] if values else None
+
+
+def is_final(checkpoint: str | os.PathLike) -> bool:
+    """Whether a checkpoint was saved at the last step of its run (training was done)."""
+    state = _state(Path(checkpoint)) or {}
+    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
+
+
+def latest_complete(output_dir: str | os.PathLike, below: int | None = None) -> Path | None:
+    """The highest-step checkpoint (under step `below`, if given) with every file present.
+
+    Incomplete ones are skipped with a warning; names other than checkpoint-<digits> are ignored.
+    """
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
     found = sorted(
-        ((int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT.match(p.name)) and p.is_dir()),
+        ((int(m.group(1)), p) for p in output_dir.iterdir()
+         if (m := CHECKPOINT.match(p.name)) and p.is_dir() and (below is None or int(m.group(1)) < below)),
         reverse=True,
     )
     for _, checkpoint in found:
-        if is_complete(checkpoint):
+        missing = missing_files(checkpoint)
+        if not missing:
             return checkpoint
-        missing = [n for n in REQUIRED_FILES if not (checkpoint / n).is_file()]
-        warnings.warn(f"skipping incomplete checkpoint {checkpoint} (missing or empty: {', '.join(missing) or 'a file'})")
+        warnings.warn(f"skipping incomplete checkpoint {checkpoint} (missing or empty: {', '.join(missing)})",
+                      stacklevel=2)
     return None
+
+
+def rewind_live(live_dir: str | os.PathLike, step: int) -> None:
+    """Make a killed run's dvclive directory resumable at `step`.
+
+    Rows logged after `step` are dropped (the resumed run logs those steps again), and a summary
+    or params file cut off mid-write by the kill is removed (dvclive would fail to read it; it is
+    written again at the next log).
+    """
+    import yaml
+
+    live_dir = Path(live_dir)
+    for tsv in sorted(live_dir.rglob("*.tsv")):
+        lines = tsv.read_text().splitlines(keepends=True)
+        if not lines or lines[0].split("\t")[0].strip() != "step":
+            continue
+        kept = [lines[0]] + [ln for ln in lines[1:] if (s := _row_step(ln)) is not None and s <= step]
+        if len(kept) != len(lines):
+            tmp = tsv.with_name(tsv.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, tsv)
+    for name, load in (("metrics.json", json.loads), ("params.yaml", yaml.safe_load)):
+        path = live_dir / name
+        if not path.is_file():
+            continue
+        try:
+            whole = isinstance(load(path.read_text()), dict)
+        except (ValueError, yaml.YAMLError):
+            whole = False
+        if not whole:
+            path.unlink()
+
+
+def _row_step(line: str) -> int | None:
+    try:
+        return int(line.split("\t")[0])
+    except ValueError:
+        return None
 
 
 def resume_point(output_dir: str | os.PathLike, run_id: str) -> Path | None:
     """Where to resume this run from; clears checkpoints left by a run with other settings or inputs."""
     output_dir = Path(output_dir)
     stamp = output_dir / FINGERPRINT_FILE
-    previous = json.loads(stamp.read_text())["fingerprint"] if stamp.is_file() else None
+    try:
+        previous = json.loads(stamp.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: nothing proves whose they are
+        previous = None
     if previous != run_id:
         if output_dir.exists():
             print(f"train: clearing checkpoints in {output_dir}: they belong to a run with other params or inputs")
@@ -73,4 +164,10 @@ def resume_point(output_dir: str | os.PathLike, run_id: str) -> Path | None:
         tmp.write_text(json.dumps({"fingerprint": run_id}) + "\n")
         os.replace(tmp, stamp)
         return None
-    return latest_complete(output_dir)
+    checkpoint = latest_complete(output_dir)
+    if checkpoint is not None and is_final(checkpoint):
+        # Trainer resumed at its last step still takes one more optimizer step (a mid-epoch max_steps);
+        # redo the last stretch from the checkpoint before instead, which ends exactly where it should.
+        print(f"train: {checkpoint} ends a finished run; redoing the steps after the checkpoint before it")
+        checkpoint = latest_complete(output_dir, below=step_of(checkpoint))
+    return checkpoint

@@ -167,7 +167,7 @@ def main() -> None:
     resume_from = checkpoints.resume_point(CHECKPOINT_DIR, run_id(p))
     start_step = checkpoints.step_of(resume_from) if resume_from else 0
     if resume_from:
-        checkpoints.trim_live_logs(LIVE_DIR, start_step)  # drop what the killed run logged after its checkpoint
+        checkpoints.rewind_live(LIVE_DIR, start_step)  # what the killed run logged after its checkpoint
     dtype = modeling.compute_dtype(p.train.precision)
     tokenizer = modeling.load_tokenizer(BASE_DIR)
     model = modeling.load_model(BASE_DIR, p.model.quantization, dtype)
