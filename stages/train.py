@@ -183,9 +183,16 @@ def main() -> None:
         peft_config=lora_config(p.train),
         callbacks=[step_aligned_dvclive()(live=live)],
     )
+    if dtype == torch.float32:
+        # TRL casts a quantized model's LoRA weights to bf16 (QLoRA's recipe for GPUs); on a CPU
+        # without bf16 that rounds away small updates and buys no speed, so keep them fp32.
+        for weight in trainer.model.parameters():
+            if weight.requires_grad:
+                weight.data = weight.data.float()
+    tokens_before = int(checkpoints.last_logged(resume_from, "num_tokens") or 0) if resume_from else 0
     if resume_from:
         keep_adapter_dtype(trainer.model)
-        trainer._total_train_tokens = int(checkpoints.last_logged(resume_from, "num_tokens") or 0)  # TRL's count
+        trainer._total_train_tokens = tokens_before  # TRL's running count, which a resume would reset
     print(f"train: {modeling.device()}, {dtype}, base {p.model.base} ({p.model.quantization}), lr {p.lr:g}"
           + (f", resuming from {resume_from}" if resume_from else ""))
     start = time.time()
@@ -202,10 +209,10 @@ def main() -> None:
         trainer.model.save_pretrained(tmp, save_embedding_layers=False)  # no hub lookup
         tokenizer.save_pretrained(tmp)
     summary = summarize(trainer, output, final_eval, start_step, seconds)
+    summary["tokens_per_second"] = round((summary["tokens_seen"] - tokens_before) / max(seconds, 1e-9), 1)
     io.write_json(METRICS_OUT, summary)
-    tokens_per_second = (summary["tokens_seen"] or 0) / max(seconds, 1e-9)
     print(f"train: loss {summary['train_loss']:.4f}, eval loss {summary['eval_loss']:.4f}, "
-          f"{tokens_per_second:.0f} tokens/s, peak {summary['peak_memory_mb']:.0f} MB -> {ADAPTER_OUT}")
+          f"{summary['tokens_per_second']:.0f} tokens/s, peak {summary['peak_memory_mb']:.0f} MB -> {ADAPTER_OUT}")
 
 
 if __name__ == "__main__":

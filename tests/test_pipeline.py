@@ -41,6 +41,10 @@ def test_repro_runs_every_stage_and_writes_outputs(reproduced):
     assert data["rows_read"] == data["rows_kept"] + data["dropped_total"]
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json"):
         assert (project / "models/adapter" / name).is_file()
+    from safetensors.torch import load_file
+
+    adapter = load_file(project / "models/adapter/adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}  # fp32 on a CPU, not TRL's QLoRA bf16
     assert (project / "models/merged/model.safetensors").is_file()
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["global_step"] == 6 and train["eval_loss"] > 0
