@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import resource
 import sys
 import time
@@ -139,6 +140,15 @@ def whole_run_loss(trainer, train_output, resumed_from: int) -> float:
     return (total + train_output.training_loss * tail) / max(steps + tail, 1)
 
 
+def sort_target_modules(config_path) -> None:
+    """peft writes target_modules from a set, in a per-process order: sort it, so the same
+    weights give the same bytes and DVC does not rerun evaluate and merge for nothing."""
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def summarize(trainer, train_output, final_eval: dict, resumed_from: int, seconds: float) -> dict:
     logged = [h for h in trainer.state.log_history if "loss" in h]
     tokens = trainer.state.num_input_tokens_seen or (logged[-1].get("num_tokens", 0) if logged else 0)
@@ -208,6 +218,7 @@ def main() -> None:
     with io.atomic_path(ADAPTER_OUT) as tmp:
         trainer.model.save_pretrained(tmp, save_embedding_layers=False)  # no hub lookup
         tokenizer.save_pretrained(tmp)
+        sort_target_modules(tmp / "adapter_config.json")
     summary = summarize(trainer, output, final_eval, start_step, seconds)
     summary["tokens_per_second"] = round((summary["tokens_seen"] - tokens_before) / max(seconds, 1e-9), 1)
     io.write_json(METRICS_OUT, summary)
