@@ -26,6 +26,8 @@ class _FirstTimeOnly(logging.Filter):
 
 # bitsandbytes logs a warning on every 8-bit matmul of an fp32 input (the CPU path); once is enough.
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(_FirstTimeOnly())
+# ...and, on CPU, asks to `pip install kernels`, which would fetch 4-bit kernels from a hub: not here.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.msg)
 
 SOURCE_FILE = "source.json"  # in models/base: where the weights live when they are not copied there
 
