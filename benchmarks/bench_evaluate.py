@@ -110,7 +110,7 @@ def main() -> None:
     gen_tokens = sum(g["tokens"] for batch in generated.results for g in batch)
     # The forward pass reads prompt and response tokens; the metrics count the response ones.
     input_tokens = sum(len(evaluation.encode_example(tokenizer, c, p.prepare.max_length)[0])
-                       for c in evaluation.test_conversations(test))
+                       for c in prompts.conversations(test))
     figures = {
         "rows": len(test),
         "generations": len(outputs),

@@ -199,14 +199,9 @@ def text_metrics(generations: list[dict], references: list[str]) -> dict:
 # ---------------------------------------------------------------- one model, the whole evaluation
 
 
-def test_conversations(frame: pd.DataFrame) -> list[dict]:
-    rows = frame.astype(object).where(frame.notna(), "")
-    return [prompts.to_conversation(r["instruction"], r["input"], r["output"]) for r in rows.to_dict("records")]
-
-
 def evaluate_model(model, tokenizer, test: pd.DataFrame, cfg, max_length: int) -> tuple[dict, list[dict]]:
     """All metrics of one model on the test split, and its generations for the sampled prompts."""
-    conversations = test_conversations(test)
+    conversations = prompts.conversations(test)
     metrics = response_metrics(model, tokenizer, conversations, cfg.batch_size, max_length)
     picked = sample_indices(len(conversations), cfg.num_samples, cfg.seed)
     chosen = [conversations[i] for i in picked]

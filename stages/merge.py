@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import torch
 
-from stages import evaluation, io, modeling, params
+from stages import io, modeling, params, prompts
 
 BASE_DIR = "models/base"
 ADAPTER_DIR = "models/adapter"
@@ -18,7 +18,7 @@ METRICS_OUT = "metrics/merge.json"
 
 def parity_batch(tokenizer, test: pd.DataFrame, num_prompts: int, device) -> dict:
     """The first test prompts (chat template applied), left-padded into one batch."""
-    conversations = evaluation.test_conversations(test.head(num_prompts))
+    conversations = prompts.conversations(test.head(num_prompts))
     texts = [tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True)
              for c in conversations]
     tokenizer.padding_side = "left"

@@ -27,6 +27,12 @@ def to_conversation(instruction: str, input_text: str, output: str) -> dict:
     }
 
 
+def conversations(frame) -> list[dict]:
+    """Every row of an Alpaca frame (instruction/input/output, missing input as "") as a conversation."""
+    rows = frame.astype(object).where(frame.notna(), "")
+    return [to_conversation(r["instruction"], r["input"], r["output"]) for r in rows.to_dict("records")]
+
+
 def prompt_key(instruction: str, input_text: str) -> str:
     """Identity of a prompt for dedup and leakage checks."""
     return user_text(instruction.strip(), input_text.strip())

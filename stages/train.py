@@ -23,13 +23,10 @@ METRICS_OUT = "metrics/train.json"
 CODE = ("stages/train.py", "stages/modeling.py", "stages/prompts.py")
 
 
-def conversations(frame: pd.DataFrame):
+def dataset(frame: pd.DataFrame):
     from datasets import Dataset
 
-    rows = frame.astype(object).where(frame.notna(), "")
-    return Dataset.from_list(
-        [prompts.to_conversation(r["instruction"], r["input"], r["output"]) for r in rows.to_dict("records")]
-    )
+    return Dataset.from_list(prompts.conversations(frame))
 
 
 def sft_config(p: params.Params, dtype: torch.dtype):
@@ -187,8 +184,8 @@ def main() -> None:
     trainer = SFTTrainer(
         model=model,
         args=sft_config(p, dtype),
-        train_dataset=conversations(pd.read_parquet(TRAIN_DATA)),
-        eval_dataset=conversations(pd.read_parquet(TEST_DATA)),
+        train_dataset=dataset(pd.read_parquet(TRAIN_DATA)),
+        eval_dataset=dataset(pd.read_parquet(TEST_DATA)),
         processing_class=tokenizer,
         peft_config=lora_config(p.train),
         callbacks=[step_aligned_dvclive()(live=live)],

@@ -60,7 +60,7 @@ def lively_model(lively_base):
 
 @pytest.fixture(scope="module")
 def prompts_of_six_lengths(tiny_tokenizer):
-    conversations = evaluation.test_conversations(raw_rows(40))
+    conversations = prompts.conversations(raw_rows(40))
     by_length = {len(prompt_ids(tiny_tokenizer, c)): c for c in conversations}
     lengths = sorted(by_length)
     picked = [by_length[lengths[i * (len(lengths) - 1) // 5]] for i in range(6)]  # shortest .. longest
@@ -146,7 +146,7 @@ def test_pad_batch_pads_on_the_right_with_masked_labels():
 
 
 def test_response_metrics_does_not_depend_on_batch_size(tiny_model, tiny_tokenizer):
-    conversations = evaluation.test_conversations(raw_rows(20))
+    conversations = prompts.conversations(raw_rows(20))
     results = [evaluation.response_metrics(tiny_model, tiny_tokenizer, conversations, bs, 512) for bs in (1, 3, 16)]
     tokens = sum(sum(l != -100 for l in evaluation.encode_example(tiny_tokenizer, c, 512)[1][1:])
                  for c in conversations)
@@ -162,7 +162,7 @@ def test_response_metrics_does_not_depend_on_batch_size(tiny_model, tiny_tokeniz
 
 def test_response_metrics_matches_the_models_own_loss(lively_model, tiny_tokenizer):
     """One example: the mean NLL equals the shifted cross-entropy transformers computes from labels."""
-    conversation = evaluation.test_conversations(raw_rows(1))[0]
+    conversation = prompts.conversations(raw_rows(1))[0]
     ids, labels = evaluation.encode_example(tiny_tokenizer, conversation, 512)
     with torch.no_grad():
         loss = lively_model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
@@ -174,7 +174,7 @@ def test_response_metrics_through_a_fresh_lora_adapter_equals_the_base(lively_mo
     """evaluate scores a PeftModel; a new adapter (B = 0) changes nothing, so the figures must not move."""
     from peft import LoraConfig, get_peft_model
 
-    conversations = evaluation.test_conversations(raw_rows(6))
+    conversations = prompts.conversations(raw_rows(6))
     base = evaluation.response_metrics(lively_model, tiny_tokenizer, conversations, 4, 512)
     tuned_model = get_peft_model(lively_model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     try:
@@ -400,7 +400,7 @@ def test_evaluate_model_with_sampling_is_reproducible(lively_model, tiny_tokeniz
                             "rougeL_f1", "chrf", "exact_match", "generated_tokens_mean", "stopped_fraction"}
     assert any(o["sampled"] != o["greedy"] for o in outputs)
 
-    chosen = [evaluation.test_conversations(test)[o["row"]] for o in outputs]
+    chosen = [prompts.conversations(test)[o["row"]] for o in outputs]
     seeded = [evaluation.generate(lively_model, tiny_tokenizer, chosen, 4, 6, True, 1.0, seed) for seed in (3, 4)]
     assert [g["text"] for g in seeded[0]] == [o["sampled"] for o in outputs]
     assert seeded[0] != seeded[1]  # the seed is what makes the samples
