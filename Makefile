@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean-venv
+.PHONY: setup run test test-fast bench clean-venv
 
 setup: $(STAMP)
 
@@ -22,8 +22,12 @@ run: setup
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
 
+# The edit loop: everything but the tests marked slow (stages and pipelines in subprocesses).
+test-fast: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow" tests
+
 bench: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_evaluate.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks run
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 
-from stages import io, modeling, params
+from stages import errors, io, modeling, params
 
 OUT = "models/base"
 TINY_CORPUS = "data/raw/finance_alpaca.parquet"  # the embedded sample; the tiny tokenizer is trained on it
@@ -43,7 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (modeling.ModelError, params.ParamsError) as e:
-        sys.exit(f"base: error: {e}")
+    errors.run(main)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 
-from stages import evaluation, io, modeling, params
+from stages import errors, evaluation, io, modeling, params
 
 BASE_DIR = "models/base"
 ADAPTER_DIR = "models/adapter"
@@ -32,7 +30,7 @@ def side_by_side(base_outputs: list[dict], tuned_outputs: list[dict]) -> list[di
     rows = []
     for b, t in zip(base_outputs, tuned_outputs, strict=True):
         if b["row"] != t["row"]:
-            raise ValueError(f"{BASE_RESULTS} was made for other test rows; rerun `dvc repro evaluate_base`")
+            raise io.DataError(f"{BASE_RESULTS} was made for other test rows; rerun `dvc repro evaluate_base`")
         row = {"row": t["row"], "prompt": t["prompt"], "reference": t["reference"],
                "base_output": b["greedy"], "tuned_output": t["greedy"]}
         if "sampled" in t:
@@ -59,7 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (modeling.ModelError, params.ParamsError) as e:
-        sys.exit(f"evaluate: error: {e}")
+    errors.run(main)

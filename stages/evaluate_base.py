@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 
-from stages import evaluation, io, modeling, params
+from stages import errors, evaluation, io, modeling, params
 
 BASE_DIR = "models/base"
 TEST_DATA = "data/processed/test.parquet"
@@ -25,7 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (modeling.ModelError, params.ParamsError) as e:
-        sys.exit(f"evaluate_base: error: {e}")
+    errors.run(main)

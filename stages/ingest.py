@@ -5,11 +5,10 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import sys
 
 import pandas as pd
 
-from stages import io, params
+from stages import errors, io, params
 
 OUT = "data/interim/ingested.parquet"
 REQUIRED = ("instruction", "output")
@@ -103,7 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (io.DataError, params.ParamsError) as e:
-        sys.exit(f"ingest: error: {e}")
+    errors.run(main)

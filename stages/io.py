@@ -15,10 +15,12 @@ from typing import Iterator
 
 import pandas as pd
 
+from stages.errors import StageError
+
 READERS = (".parquet", ".csv", ".json", ".jsonl")
 
 
-class DataError(ValueError):
+class DataError(StageError, ValueError):
     """Bad input data: the message names the file, the row or key, and the reason."""
 
 

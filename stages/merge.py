@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 import torch
 
-from stages import io, modeling, params, prompts
+from stages import errors, io, modeling, params, prompts
 
 BASE_DIR = "models/base"
 ADAPTER_DIR = "models/adapter"
@@ -79,7 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (modeling.ModelError, params.ParamsError) as e:
-        sys.exit(f"merge: error: {e}")
+    errors.run(main)

@@ -11,6 +11,7 @@ import logging
 import torch
 
 from stages import prompts
+from stages.errors import StageError
 
 
 class _FirstTimeOnly(logging.Filter):
@@ -32,7 +33,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "ker
 SOURCE_FILE = "source.json"  # in models/base: where the weights live when they are not copied there
 
 
-class ModelError(RuntimeError):
+class ModelError(StageError, RuntimeError):
     """A model or adapter that cannot be used: says what was expected and what to do."""
 
 

@@ -17,10 +17,12 @@ from typing import Any, Literal
 
 import yaml
 
+from stages.errors import StageError
+
 PARAMS_FILE = "params.yaml"
 
 
-class ParamsError(ValueError):
+class ParamsError(StageError, ValueError):
     """All problems found in params.yaml, one per line."""
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from typing import Callable
 
 import pandas as pd
 
-from stages import io, params, prompts
+from stages import errors, io, params, prompts
 
 IN = "data/interim/ingested.parquet"
 TRAIN_OUT = "data/processed/train.parquet"
@@ -170,7 +169,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (io.DataError, params.ParamsError) as e:
-        sys.exit(f"prepare: error: {e}")
+    errors.run(main)

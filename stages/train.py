@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import resource
-import sys
 import time
 
 import pandas as pd
 import torch
 
-from stages import checkpoints, io, modeling, params, prompts
+from stages import checkpoints, errors, io, modeling, params, prompts
 
 BASE_DIR = "models/base"
 TRAIN_DATA = "data/processed/train.parquet"
@@ -224,7 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (modeling.ModelError, params.ParamsError, io.DataError) as e:
-        sys.exit(f"train: error: {e}")
+    errors.run(main)

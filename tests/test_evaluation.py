@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from stages import evaluate, evaluation, modeling, params, prompts
 
 RAW = REPO / "data" / "raw" / "finance_alpaca.parquet"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,9 @@ from typing import Callable
 
 import pytest
 
-from conftest import REPO, make_project, stage, write_params
+from helpers import REPO, make_project, stage, write_params
 
-if str(REPO) not in sys.path:  # until pytest.ini says `pythonpath = .`
-    sys.path.insert(0, str(REPO))
-
-from stages.prepare import REASONS  # noqa: E402
+from stages.prepare import REASONS
 
 WATCHED = ("data/interim", "data/processed", "metrics", "models")
 INTERIM = "data/interim/ingested.parquet"

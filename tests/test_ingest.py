@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import env, make_project, stage, write_params
+from helpers import env, make_project, stage, write_params
 from stages import ingest, io
 
 # Embedded newlines, commas, quotes, non-ASCII and texts pandas likes to turn into NaN.

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import QWEN2_TOKENIZER, make_project, requires_qwen2_tokenizer, stage, write_params
+from helpers import QWEN2_TOKENIZER, make_project, requires_qwen2_tokenizer, stage, write_params
 from stages import modeling, prompts
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -6,19 +6,15 @@ import ast
 import dataclasses
 import importlib.util
 import math
-import sys
 import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # until pytest.ini says `pythonpath = .`
-    sys.path.insert(0, str(REPO))
-
-from stages import params  # noqa: E402
-from stages.params import ParamsError  # noqa: E402
+from helpers import REPO
+from stages import params
+from stages.params import ParamsError
 
 ALL = ("lr", *params.SECTIONS)
 

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import dvc, run, write_params
+from helpers import dvc, run, write_params
 
 ALL_STAGES = {"ingest", "base", "prepare", "train", "evaluate_base", "evaluate", "merge"}
 
@@ -25,7 +25,7 @@ def commit(project, message: str) -> None:
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     """One full `dvc repro` of a fresh project copy, committed; later tests build on it in order."""
-    from conftest import make_project
+    from helpers import make_project
 
     project = make_project(tmp_path_factory.mktemp("pipeline"))
     first = dvc("repro", cwd=project)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ALPACA, QWEN2_TOKENIZER, REPO, make_project, requires_alpaca, requires_qwen2_tokenizer
+from helpers import ALPACA, QWEN2_TOKENIZER, REPO, make_project, requires_alpaca, requires_qwen2_tokenizer
 from stages import ingest, io, params, prepare, prompts
 
 COLUMNS = ["instruction", "input", "output"]

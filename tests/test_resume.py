@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import conftest
+import helpers
 from stages import checkpoints
 
 MAX_STEPS, SAVE_STEPS = 8, 2
@@ -39,13 +39,21 @@ def copy_project(src: Path, root: Path) -> Path:
 
 
 def train(project: Path) -> subprocess.CompletedProcess:
-    return conftest.stage("train", project)
+    return helpers.stage("train", project)
 
 
 def start(cmd: list[str], project: Path, log: Path, **kwargs) -> subprocess.Popen:
     """Run in the background; output goes to a file (a pipe nobody reads would fill up and stall the child)."""
     with log.open("w") as out:
-        return subprocess.Popen(cmd, cwd=project, env=conftest.env(), stdout=out, stderr=subprocess.STDOUT, **kwargs)
+        return subprocess.Popen(cmd, cwd=project, env=helpers.env(), stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=default_sigint, **kwargs)
+
+
+def default_sigint() -> None:
+    """A suite run as a background job (`make test &`) ignores SIGINT, and an ignored signal stays
+    ignored across exec: the child would finish instead of being interrupted. With SIGINT at its
+    default, the child's Python installs its usual Ctrl-C handling."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
@@ -113,7 +121,7 @@ def assert_same_result(project: Path, reference: dict, live_history: bool = True
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Train with one CPU thread: the tiny model gains nothing from two, and on a shared 2-core machine
-    OpenMP's spinning threads make a run 2-5x slower. (conftest.env() copies os.environ.)"""
+    OpenMP's spinning threads make a run 2-5x slower. (helpers.env() copies os.environ.)"""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         yield
@@ -122,9 +130,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """ingest, base and prepare run once; each test trains in its own copy."""
-    project = conftest.make_project(tmp_path_factory.mktemp("prepared"), params=PARAMS, git=False)
+    project = helpers.make_project(tmp_path_factory.mktemp("prepared"), params=PARAMS, git=False)
     for name in ("ingest", "base", "prepare"):
-        conftest.stage(name, project)
+        helpers.stage(name, project)
     return project
 
 
@@ -174,7 +182,7 @@ def test_changed_param_clears_checkpoints(reference, tmp_path):
     stamp = project / CKPT / checkpoints.FINGERPRINT_FILE
     old_stamp = stamp.read_text()
     assert latest(project) is not None  # a finished run leaves checkpoints (persist) that would be resumed
-    conftest.write_params(project, {"lr": 1e-3})
+    helpers.write_params(project, {"lr": 1e-3})
 
     result = train(project)
     assert "clearing checkpoints" in result.stdout
@@ -221,16 +229,16 @@ def test_killed_after_last_checkpoint_does_not_overtrain(reference, tmp_path):
 
 def test_dvc_repro_resumes_after_sigkill(prepared, reference, tmp_path):
     """`dvc repro` killed mid-train, then rerun: DVC keeps models/checkpoints (persist) and train resumes."""
-    project = conftest.make_project(tmp_path, params=PARAMS)  # git + dvc
+    project = helpers.make_project(tmp_path, params=PARAMS)  # git + dvc
     # ingest, base and prepare as already run: recorded in dvc.lock instead of run again (saves time)
     for out in PREPARED_OUTS:
         (project / out).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (prepared / out).is_dir() else shutil.copy2)(prepared / out, project / out)
-    conftest.dvc("commit", "-f", "ingest", "base", "prepare", cwd=project)
-    assert "train" in conftest.dvc("status", cwd=project).stdout
+    helpers.dvc("commit", "-f", "ingest", "base", "prepare", cwd=project)
+    assert "train" in helpers.dvc("status", cwd=project).stdout
     log = tmp_path / "repro.log"
     # its own process group: dvc runs `python -m stages.train` as a child, and both must die
-    proc = start([str(conftest.BIN / "dvc"), "repro", "train"], project, log, start_new_session=True)
+    proc = start([str(helpers.BIN / "dvc"), "repro", "train"], project, log, start_new_session=True)
     try:
         wait_for(complete_checkpoint(project, SAVE_STEPS), proc, log)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -244,7 +252,7 @@ def test_dvc_repro_resumes_after_sigkill(prepared, reference, tmp_path):
     resume_at = latest(project)
     assert resume_at is not None
 
-    result = conftest.dvc("repro", "train", cwd=project)
+    result = helpers.dvc("repro", "train", cwd=project)
     assert f"resuming from {CKPT}/checkpoint-" in result.stdout, result.stdout + result.stderr
     got = metrics(project)
     assert got["resumed_from_step"] == checkpoints.step_of(resume_at) >= SAVE_STEPS
@@ -253,5 +261,5 @@ def test_dvc_repro_resumes_after_sigkill(prepared, reference, tmp_path):
     # DVC deletes metrics/train_live, not a persist out, before it reruns train, so steps before the
     # checkpoint are missing from the plots.)
     assert_same_result(project, reference, live_history=False)
-    status = conftest.dvc("status", "train", cwd=project)
+    status = helpers.dvc("status", "train", cwd=project)
     assert "changed" not in status.stdout, status.stdout
