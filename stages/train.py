@@ -1,4 +1,16 @@
-"""train: LoRA on a quantized base with TRL's SFTTrainer -> models/adapter, metrics/train.json."""
+"""train: LoRA on a quantized base with TRL's SFTTrainer -> models/adapter, metrics/train.json.
+
+The recipe, in main():
+1. build: the training settings (checked before anything is touched), the checkpoint to resume
+   from (only one of a run with the same fingerprint: params, data, base and code; any other run's
+   are cleared), the tokenizer, the quantized base and an SFTTrainer with a LoRA config. LoRA
+   weights are kept in fp32 on every device: the base stays quantized and, on GPUs, compute runs
+   in bf16 under autocast, but bf16 weights would round away updates of the reference lr.
+2. fit: trainer.train(), resuming where a killed run left off; the in-training evaluation runs on
+   the validation split, and its last result is reused when it covered the final step.
+3. save: the adapter (and tokenizer) atomically; metrics/train.json holds what the run learned
+   (losses, steps, tokens: the same bytes when rerun), metrics/train_speed.json how fast it went.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +18,7 @@ import dataclasses
 import json
 import resource
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -14,11 +27,12 @@ from stages import checkpoints, errors, io, modeling, params, prompts
 
 BASE_DIR = "models/base"
 TRAIN_DATA = "data/processed/train.parquet"
-TEST_DATA = "data/processed/test.parquet"
-CHECKPOINT_DIR = "models/checkpoints"  # DVC persist: survives reruns, cleared when the run changes
+VAL_DATA = "data/processed/val.parquet"
+CHECKPOINT_DIR = "models/checkpoints"  # survives reruns; cleared when the run changes
 ADAPTER_OUT = "models/adapter"
 LIVE_DIR = "metrics/train_live"  # dvclive's per-step logs, drawn by `dvc plots show`
 METRICS_OUT = "metrics/train.json"
+SPEED_OUT = "metrics/train_speed.json"  # seconds, tokens/s, memory: differ run to run, kept apart
 CODE = ("stages/train.py", "stages/modeling.py", "stages/prompts.py")
 
 
@@ -44,7 +58,7 @@ def sft_config(p: params.Params, dtype: torch.dtype):
         learning_rate=p.lr,
         optim=t.optim,
         weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_ratio,
+        warmup_steps=t.warmup_ratio,  # transformers 5 reads a float below 1 as a share of the steps
         lr_scheduler_type=t.lr_scheduler,
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
@@ -64,6 +78,22 @@ def sft_config(p: params.Params, dtype: torch.dtype):
         data_seed=t.seed,
         dataloader_num_workers=0,
     )
+
+
+def checked_sft_config(p: params.Params, dtype: torch.dtype):
+    """sft_config(), with TRL/transformers' own validation of the settings reported as a params error."""
+    from transformers.training_args import OptimizerNames
+
+    try:
+        return sft_config(p, dtype)
+    except ValueError as e:
+        if f"{p.train.optim} is not a valid OptimizerNames" in str(e):
+            names = [o.value for o in OptimizerNames]
+            problem = (f"train.optim must be one of transformers' optimizer names, got {p.train.optim!r}"
+                       f"{params._did_you_mean(p.train.optim, names, aliases=False)}")
+        else:
+            problem = f"transformers refused the training settings: {e}"
+        raise params.ParamsError(f"{params.PARAMS_FILE}: 1 problem(s):\n  {problem}") from None
 
 
 def lora_config(t: params.TrainParams):
@@ -96,7 +126,7 @@ def run_id(p: params.Params) -> str:
     """Checkpoints are reused only by a run with these exact settings, data, base and code."""
     settings = {"lr": p.lr, "max_length": p.prepare.max_length, "base": p.model.base,
                 "quantization": p.model.quantization, "train": dataclasses.asdict(p.train)}
-    return checkpoints.fingerprint(settings, [TRAIN_DATA, TEST_DATA, BASE_DIR, *CODE])
+    return checkpoints.fingerprint(settings, [TRAIN_DATA, VAL_DATA, BASE_DIR, *CODE])
 
 
 def oom_advice(t: params.TrainParams, max_length: int) -> str:
@@ -114,29 +144,47 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def keep_adapter_dtype(model) -> None:
-    """Resume into the adapter dtype TRL chose (bf16 for a quantized base), not an fp32 copy.
-
-    Trainer resumes a PEFT model through `load_adapter`, which upcasts a bf16 adapter to fp32:
-    the rest of the run would then compute differently from an uninterrupted one.
-    """
-    load_adapter = model.load_adapter
-    model.load_adapter = lambda *args, **kwargs: load_adapter(*args, **{"autocast_adapter_dtype": False, **kwargs})
-
-
-def whole_run_loss(trainer, train_output, resumed_from: int) -> float:
+def whole_run_loss(log_history: list[dict], this_call_loss: float, resumed_from: int, global_step: int) -> float:
     """Mean training loss over every step; Trainer's `training_loss` covers only the steps of this call."""
     if not resumed_from:
-        return train_output.training_loss
+        return this_call_loss
     total = steps = last = 0
-    for h in trainer.state.log_history:  # the checkpoint's logs, then this call's
+    for h in log_history:  # the checkpoint's logs, then this call's
         if "loss" in h and h["step"] <= resumed_from:
             total, steps, last = total + h["loss"] * (h["step"] - last), steps + h["step"] - last, h["step"]
-    tail = trainer.state.global_step - resumed_from
-    return (total + train_output.training_loss * tail) / max(steps + tail, 1)
+    tail = global_step - resumed_from
+    return (total + this_call_loss * tail) / max(steps + tail, 1)
 
 
-def sort_target_modules(config_path) -> None:
+def final_evaluation(trainer) -> dict:
+    """The in-training evaluation at the last step when there was one (per epoch, it ends there), else one now."""
+    at_end = [h for h in trainer.state.log_history if "eval_loss" in h and h["step"] == trainer.state.global_step]
+    return at_end[-1] if at_end else trainer.evaluate()
+
+
+# ---------------------------------------------------------------- library workarounds
+# Written for trl 1.16.0, peft 0.21.2 and transformers 5.24.0: delete each one when its library fixes it.
+
+
+def keep_lora_weights_fp32(model) -> None:
+    """Undo TRL's cast of a quantized model's trainable weights to bf16 (its QLoRA recipe).
+
+    In bf16 a weight of magnitude 0.03 moves in steps of ~1e-4, so Adam updates of ~1e-5 (the
+    reference lr) round away. fp32 master weights cost 2 bytes more per LoRA parameter; under bf16
+    autocast the matmuls still run in bf16. On resume peft loads the checkpoint into these fp32
+    tensors (its load_adapter upcasts, never downcasts).
+    """
+    for weight in model.parameters():
+        if weight.requires_grad:
+            weight.data = weight.data.float()
+
+
+def restore_token_count(trainer, tokens: int) -> None:
+    """TRL keeps its running `num_tokens` in a private counter that a resume resets to 0."""
+    trainer._total_train_tokens = tokens
+
+
+def sort_target_modules(config_path: Path) -> None:
     """peft writes target_modules from a set, in a per-process order: sort it, so the same
     weights give the same bytes and DVC does not rerun evaluate and merge for nothing."""
     config = json.loads(config_path.read_text())
@@ -145,36 +193,28 @@ def sort_target_modules(config_path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def summarize(trainer, train_output, final_eval: dict, resumed_from: int, seconds: float) -> dict:
-    logged = [h for h in trainer.state.log_history if "loss" in h]
-    tokens = trainer.state.num_input_tokens_seen or (logged[-1].get("num_tokens", 0) if logged else 0)
-    return {
-        "train_loss": whole_run_loss(trainer, train_output, resumed_from),
-        "last_logged_loss": logged[-1]["loss"] if logged else None,
-        "eval_loss": final_eval.get("eval_loss"),
-        "eval_entropy": final_eval.get("eval_entropy"),
-        "eval_mean_token_accuracy": final_eval.get("eval_mean_token_accuracy"),
-        "epoch": trainer.state.epoch,
-        "global_step": trainer.state.global_step,
-        "resumed_from_step": resumed_from,
-        "train_seconds": round(seconds, 2),
-        "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
-        "peak_memory_mb": round(peak_memory_mb(), 1),
-        "tokens_seen": int(tokens),
-    }
+# ---------------------------------------------------------------- the recipe
 
 
-def main() -> None:
-    p = params.load("lr", "prepare", "model", "train")
+@dataclasses.dataclass
+class Run:
+    trainer: object
+    live: object
+    tokenizer: object
+    resume_from: Path | None
+    tokens_before: int  # non-padding tokens the resumed checkpoint had already trained on
+
+
+def build(p: params.Params) -> Run:
     from dvclive import Live
     from peft import prepare_model_for_kbit_training
     from trl import SFTTrainer
 
-    resume_from = checkpoints.resume_point(CHECKPOINT_DIR, run_id(p))
-    start_step = checkpoints.step_of(resume_from) if resume_from else 0
-    if resume_from:
-        checkpoints.rewind_live(LIVE_DIR, start_step)  # what the killed run logged after its checkpoint
     dtype = modeling.compute_dtype(p.train.precision)
+    args = checked_sft_config(p, dtype)  # before checkpoints are cleared: a typo must not cost a run
+    resume_from = checkpoints.resume_point(CHECKPOINT_DIR, run_id(p))
+    if resume_from:
+        checkpoints.rewind_live(LIVE_DIR, checkpoints.step_of(resume_from))  # rows logged after the checkpoint
     tokenizer = modeling.load_tokenizer(BASE_DIR)
     model = modeling.load_model(BASE_DIR, p.model.quantization, dtype)
     if p.model.quantization != "none":
@@ -182,44 +222,76 @@ def main() -> None:
     live = Live(dir=LIVE_DIR, resume=resume_from is not None, save_dvc_exp=False, dvcyaml=None)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(p, dtype),
+        args=args,
         train_dataset=dataset(pd.read_parquet(TRAIN_DATA)),
-        eval_dataset=dataset(pd.read_parquet(TEST_DATA)),
+        eval_dataset=dataset(pd.read_parquet(VAL_DATA)),
         processing_class=tokenizer,
         peft_config=lora_config(p.train),
         callbacks=[step_aligned_dvclive()(live=live)],
     )
-    if dtype == torch.float32:
-        # TRL casts a quantized model's LoRA weights to bf16 (QLoRA's recipe for GPUs); on a CPU
-        # without bf16 that rounds away small updates and buys no speed, so keep them fp32.
-        for weight in trainer.model.parameters():
-            if weight.requires_grad:
-                weight.data = weight.data.float()
+    keep_lora_weights_fp32(trainer.model)
     tokens_before = int(checkpoints.last_logged(resume_from, "num_tokens") or 0) if resume_from else 0
-    if resume_from:
-        keep_adapter_dtype(trainer.model)
-        trainer._total_train_tokens = tokens_before  # TRL's running count, which a resume would reset
+    restore_token_count(trainer, tokens_before)
     print(f"train: {modeling.device()}, {dtype}, base {p.model.base} ({p.model.quantization}), lr {p.lr:g}"
           + (f", resuming from {resume_from}" if resume_from else ""))
+    return Run(trainer, live, tokenizer, resume_from, tokens_before)
+
+
+def fit(run: Run, p: params.Params) -> tuple[dict, dict]:
+    """Train (or finish a killed run), then evaluate on val: (metrics/train.json, metrics/train_speed.json)."""
+    trainer = run.trainer
+    resumed_from = checkpoints.step_of(run.resume_from) if run.resume_from else 0
     start = time.time()
     try:
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        output = trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
     except torch.OutOfMemoryError as e:
         raise modeling.ModelError(oom_advice(p.train, p.prepare.max_length)) from e
     seconds = time.time() - start
-    final_eval = trainer.evaluate()
-    live.end()
+    final_eval = final_evaluation(trainer)
+    run.live.end()
 
-    trainer.model.peft_config["default"].base_model_name_or_path = p.model.base
+    state = trainer.state
+    logged = [h for h in state.log_history if "loss" in h]
+    tokens = int(state.num_input_tokens_seen or (logged[-1].get("num_tokens", 0) if logged else 0))
+    learned = {
+        "train_loss": whole_run_loss(state.log_history, output.training_loss, resumed_from, state.global_step),
+        "last_logged_loss": logged[-1]["loss"] if logged else None,
+        "eval_loss": final_eval.get("eval_loss"),
+        "eval_entropy": final_eval.get("eval_entropy"),
+        "eval_mean_token_accuracy": final_eval.get("eval_mean_token_accuracy"),
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "tokens_seen": tokens,
+    }
+    speed = {
+        "resumed_from_step": resumed_from,
+        "train_seconds": round(seconds, 2),
+        "train_samples_per_second": output.metrics.get("train_samples_per_second"),
+        "tokens_per_second": round((tokens - run.tokens_before) / max(seconds, 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "device": modeling.device(),
+    }
+    return learned, speed
+
+
+def save(run: Run, p: params.Params, learned: dict, speed: dict) -> None:
+    model = run.trainer.model
+    model.peft_config["default"].base_model_name_or_path = p.model.base
     with io.atomic_path(ADAPTER_OUT) as tmp:
-        trainer.model.save_pretrained(tmp, save_embedding_layers=False)  # no hub lookup
-        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp, save_embedding_layers=False)  # no hub lookup
+        run.tokenizer.save_pretrained(tmp)
         sort_target_modules(tmp / "adapter_config.json")
-    summary = summarize(trainer, output, final_eval, start_step, seconds)
-    summary["tokens_per_second"] = round((summary["tokens_seen"] - tokens_before) / max(seconds, 1e-9), 1)
-    io.write_json(METRICS_OUT, summary)
-    print(f"train: loss {summary['train_loss']:.4f}, eval loss {summary['eval_loss']:.4f}, "
-          f"{summary['tokens_per_second']:.0f} tokens/s, peak {summary['peak_memory_mb']:.0f} MB -> {ADAPTER_OUT}")
+    io.write_json(METRICS_OUT, learned)
+    io.write_json(SPEED_OUT, speed)
+    print(f"train: loss {learned['train_loss']:.4f}, val loss {learned['eval_loss']:.4f}, "
+          f"{speed['tokens_per_second']:.0f} tokens/s, peak {speed['peak_memory_mb']:.0f} MB -> {ADAPTER_OUT}")
+
+
+def main() -> None:
+    p = params.load("lr", "prepare", "model", "train")
+    run = build(p)
+    learned, speed = fit(run, p)
+    save(run, p, learned, speed)
 
 
 if __name__ == "__main__":
