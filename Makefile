@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench clean-venv
+.PHONY: setup run test test-fast bench check-real clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ test-fast: setup
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks run
+
+# The whole pipeline on a random Qwen2-0.5B-architecture model with the real tokenizer (~15 min on
+# 2 CPU cores): run it after changing train, evaluate, merge or model loading.
+check-real: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.check_real
 
 clean-venv:
 	rm -rf $(VENV)
