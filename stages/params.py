@@ -2,6 +2,16 @@
 
 `load("train")` reads params.yaml, coerces values (so `2e-5`, `2.0e-5` and "2e-5" are all
 floats), and raises one ParamsError listing every problem it found.
+
+A field declares its rule where it is defined; `_build` checks every value against it:
+
+    n: int = rule(5000, ">= 2", why="at least one train and one test row")
+    # -> prepare.n must be >= 2 (at least one train and one test row), got 0
+
+A bound is written as the message says it: ">= 2", "> 0", "in (0, 1)" (open), "in [0, 1]" (closed),
+SEED, "-1 or >= 1". nonempty=True rejects blanks ("must not be empty"); nonempty="bpe or a directory"
+says "must be bpe or a directory, got ''". Choices are a Literal annotation (as `too_long`).
+A section's `check(bad)` keeps only the rules that involve several fields.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import operator
 import os
 import typing
 from dataclasses import dataclass, field
@@ -20,76 +31,100 @@ import yaml
 from stages.errors import StageError
 
 PARAMS_FILE = "params.yaml"
+SEED = "in [0, 2**32)"  # numpy and pandas reject other seeds, after the work has started
 
 
 class ParamsError(StageError, ValueError):
     """All problems found in params.yaml, one per line."""
 
 
+def rule(default: Any, bound: str = "", *, why: str = "", nonempty: bool | str = False) -> Any:
+    """A dataclass field with `default` whose value must meet `bound` / `nonempty` (see the module docstring)."""
+    metadata = {"bound": bound, "why": why, "nonempty": nonempty}
+    if problem := _problem("the default", default, **metadata):  # also parses `bound`, at import
+        raise ValueError(problem)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _problem(key: str, value: Any, bound: str = "", why: str = "", nonempty: bool | str = False) -> str | None:
+    """The message when `value` breaks its field's rule, else None."""
+    if nonempty:
+        if value.strip() if isinstance(value, str) else value:
+            return None
+        return f"{key} must not be empty" if nonempty is True else f"{key} must be {nonempty}, got ''"
+    if not bound or _within(value, bound):
+        return None
+    return f"{key} must be {bound}{f' ({why})' if why else ''}, got {_fmt(value)}"
+
+
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def _within(value: float, bound: str) -> bool:
+    also, _, bound = bound.rpartition(" or ")  # "-1 or >= 1"
+    if bound.startswith("in "):  # "in [0, 1)": a square bracket includes its end, a round one does not
+        low, high = map(_number, bound[4:-1].split(", "))
+        inside = (_OPS[">=" if bound[3] == "[" else ">"](value, low)
+                  and _OPS["<=" if bound[-1] == "]" else "<"](value, high))
+    else:
+        op, number = bound.split(" ")
+        inside = _OPS[op](value, _number(number))
+    return inside or (also != "" and value == _number(also))
+
+
+def _number(text: str) -> float:
+    base, _, power = text.partition("**")  # "2**32"
+    return float(base) ** int(power or 1)
+
+
 @dataclass
 class DataParams:
-    path: str = "data/raw/finance_alpaca.parquet"
+    path: str = rule("data/raw/finance_alpaca.parquet", nonempty=True)
     """Input file (.parquet, .csv, .json, .jsonl), absolute or relative to the repo root."""
     extra_columns: Literal["drop", "keep"] = "drop"
     """Columns besides instruction/input/output: drop them, or keep them unchanged."""
 
-    def check(self, bad: list[str]) -> None:
-        if not self.path.strip():
-            bad.append("data.path must not be empty")
-
 
 @dataclass
 class PrepareParams:
-    n: int = 5000
+    n: int = rule(5000, ">= 2", why="at least one train and one test row")
     """Rows sampled after cleaning (all of them when fewer survive)."""
-    test_fraction: float = 0.2
+    test_fraction: float = rule(0.2, "in (0, 1)")
     """Share of sampled rows held out for evaluation."""
-    seed: int = 42
+    seed: int = rule(42, SEED)
     """Seed for sampling and splitting."""
-    max_length: int = 512
+    max_length: int = rule(512, ">= 8")
     """Longest example in tokens after the chat template (train uses the same limit)."""
     too_long: Literal["drop", "truncate"] = "drop"
     """drop: skip longer examples; truncate: keep them, cut to max_length (loses the stop token)."""
-    max_drop_fraction: float = 0.5
+    max_drop_fraction: float = rule(0.5, "in [0, 1]")
     """Fail instead of training on the rest when more than this share of rows is dropped."""
-
-    def check(self, bad: list[str]) -> None:
-        if self.n < 2:  # one row could only go to train, leaving an empty test split
-            bad.append(f"prepare.n must be >= 2 (at least one train and one test row), got {self.n}")
-        if not 0 < self.test_fraction < 1:
-            bad.append(f"prepare.test_fraction must be in (0, 1), got {_fmt(self.test_fraction)}")
-        _check_seed("prepare.seed", self.seed, bad)
-        if self.max_length < 8:
-            bad.append(f"prepare.max_length must be >= 8, got {self.max_length}")
-        if not 0 <= self.max_drop_fraction <= 1:
-            bad.append(f"prepare.max_drop_fraction must be in [0, 1], got {_fmt(self.max_drop_fraction)}")
 
 
 @dataclass
 class TinyModelParams:
     """The embedded default: a small random Qwen2 built offline, so `dvc repro` needs no network."""
 
-    vocab_size: int = 4096
+    vocab_size: int = rule(4096, ">= 300", why="256 bytes + special tokens")
     """BPE vocabulary trained on the embedded sample (the output layer dominates CPU time)."""
-    tokenizer: str = "bpe"
+    tokenizer: str = rule("bpe", nonempty="bpe or a tokenizer directory")
     """'bpe' to train one, or a directory with Qwen2 vocab.json + merges.txt (151k vocab, slow on CPU)."""
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    seed: int = 0
+    hidden_size: int = rule(128, ">= 1")
+    """Width of the residual stream."""
+    intermediate_size: int = rule(384, ">= 1")
+    """Width of the MLP inside each layer."""
+    num_layers: int = rule(2, ">= 1")
+    """Transformer layers."""
+    num_heads: int = rule(4, ">= 1")
+    """Attention (query) heads; must divide hidden_size."""
+    num_kv_heads: int = rule(2, ">= 1")
+    """Key/value heads (grouped-query attention); must divide num_heads."""
+    seed: int = rule(0, SEED)
     """Seed for the random weights."""
 
     def check(self, bad: list[str]) -> None:
-        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
-            if getattr(self, name) < 1:
-                bad.append(f"model.tiny.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.tokenizer.strip():
-            bad.append("model.tiny.tokenizer must be bpe or a tokenizer directory, got ''")
-        _check_seed("model.tiny.seed", self.seed, bad)
-        if self.vocab_size < 300:
-            bad.append(f"model.tiny.vocab_size must be >= 300 (256 bytes + special tokens), got {self.vocab_size}")
         if self.num_heads >= 1 and self.hidden_size % self.num_heads:
             bad.append(f"model.tiny.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         if self.num_kv_heads >= 1 and self.num_heads % self.num_kv_heads:
@@ -98,20 +133,16 @@ class TinyModelParams:
 
 @dataclass
 class ModelParams:
-    base: str = "tiny"
+    base: str = rule("tiny", nonempty=True)
     """'tiny' (embedded default), a hub id such as Qwen/Qwen2-0.5B-Instruct, or a local model directory."""
-    revision: str = "main"
+    revision: str = rule("main", nonempty=True)
     """Hub revision (pin a commit hash for reproducible runs); ignored for tiny and local directories."""
     quantization: Literal["8bit", "4bit", "none"] = "8bit"
     """How train/evaluate load the base: bitsandbytes 8-bit (default), 4-bit NF4, or unquantized."""
     tiny: TinyModelParams = field(default_factory=TinyModelParams)
+    """Shape of the embedded tiny base (used when base is 'tiny')."""
 
     def check(self, bad: list[str]) -> None:
-        if not self.base.strip():
-            bad.append("model.base must not be empty")
-        if not self.revision.strip():
-            bad.append("model.revision must not be empty")
-        self.tiny.check(bad)
         narrowest = min(self.tiny.hidden_size, self.tiny.intermediate_size)
         if self.base == "tiny" and self.quantization == "4bit" and narrowest < 64:
             bad.append(f"model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
@@ -120,22 +151,16 @@ class ModelParams:
 
 @dataclass
 class LoraParams:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    r: int = rule(8, ">= 1")
+    """Rank of the LoRA update matrices."""
+    alpha: int = rule(16, "> 0")
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = rule(0.1, "in [0, 1)")
+    """Dropout on the LoRA branch's input."""
+    target_modules: list[str] = rule(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], nonempty=True
     )
-
-    def check(self, bad: list[str]) -> None:
-        if self.r < 1:
-            bad.append(f"train.lora.r must be >= 1, got {self.r}")
-        if self.alpha <= 0:
-            bad.append(f"train.lora.alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            bad.append(f"train.lora.dropout must be in [0, 1), got {_fmt(self.dropout)}")
-        if not self.target_modules:
-            bad.append("train.lora.target_modules must not be empty")
+    """Linear layers (by name) that get a LoRA adapter."""
 
 
 # transformers' OptimizerNames (some need extra packages); tests/test_params.py checks the list
@@ -152,24 +177,30 @@ OPTIMIZERS = (
 )
 # transformers' SchedulerType values that need no lr_scheduler_kwargs (which params.yaml has no key for):
 # cosine_with_min_lr, cosine_warmup_with_min_lr and warmup_stable_decay fail without them.
-LR_SCHEDULERS = (
+LRScheduler = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "reduce_lr_on_plateau",
-)
+]
+LR_SCHEDULERS = typing.get_args(LRScheduler)
 
 
 @dataclass
 class TrainParams:
-    epochs: float = 2
-    max_steps: int = -1
+    epochs: float = rule(2, "> 0")
+    """Passes over the train split (a fraction stops part-way)."""
+    max_steps: int = rule(-1, "-1 or >= 1")
     """Stop after this many optimizer steps (-1: run all epochs)."""
-    batch_size: int = 2
-    grad_accum: int = 4
+    batch_size: int = rule(2, ">= 1")
+    """Rows per device per forward pass."""
+    grad_accum: int = rule(4, ">= 1")
+    """Forward passes per optimizer step (effective batch = batch_size * grad_accum)."""
     optim: str = "paged_adamw_8bit"
     """A transformers optimizer name; the paged 8-bit AdamW pages optimizer state to CPU RAM on spikes."""
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    lr_scheduler: str = "linear"
+    weight_decay: float = rule(0.0, ">= 0")
+    """AdamW weight decay."""
+    warmup_ratio: float = rule(0.0, "in [0, 1)")
+    """Share of optimizer steps spent warming the learning rate up from 0."""
+    lr_scheduler: LRScheduler = "linear"
     """One of LR_SCHEDULERS."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """auto: bf16 on GPUs that support it, fp32 elsewhere (bf16 on a CPU without it is ~10x slower)."""
@@ -177,77 +208,50 @@ class TrainParams:
     """True: loss on the response only; False: on the whole chat text, as the reference did."""
     gradient_checkpointing: bool = False
     """True cuts activation memory for long sequences at ~30% more compute."""
-    save_steps: int = 200
+    save_steps: int = rule(200, ">= 1")
     """Checkpoint interval; an interrupted run resumes from the last complete one."""
-    save_total_limit: int = 2
-    logging_steps: int = 10
-    eval_steps: int = 0
+    save_total_limit: int = rule(2, ">= 1")
+    """Checkpoints kept on disk (the oldest are deleted)."""
+    logging_steps: int = rule(10, ">= 1")
+    """Log the training loss every N optimizer steps."""
+    eval_steps: int = rule(0, ">= 0")
     """Evaluate every N steps; 0 evaluates once per epoch, as the reference reported."""
-    seed: int = 42
+    seed: int = rule(42, SEED)
+    """Seed for LoRA initialisation, data order and dropout."""
     lora: LoraParams = field(default_factory=LoraParams)
+    """The LoRA adapter's shape."""
 
     def check(self, bad: list[str]) -> None:
-        if self.epochs <= 0:
-            bad.append(f"train.epochs must be > 0, got {_fmt(self.epochs)}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            bad.append(f"train.max_steps must be -1 or >= 1, got {self.max_steps}")
-        for name in ("batch_size", "grad_accum", "save_steps", "logging_steps", "save_total_limit"):
-            if getattr(self, name) < 1:
-                bad.append(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_steps < 0:
-            bad.append(f"train.eval_steps must be >= 0, got {self.eval_steps}")
-        if self.weight_decay < 0:
-            bad.append(f"train.weight_decay must be >= 0, got {_fmt(self.weight_decay)}")
-        if not 0 <= self.warmup_ratio < 1:
-            bad.append(f"train.warmup_ratio must be in [0, 1), got {_fmt(self.warmup_ratio)}")
         # Checked here, not by SFTConfig after the base is loaded and stale checkpoints are cleared.
         if self.optim not in OPTIMIZERS:
             bad.append(f"train.optim must be one of transformers' optimizer names, got {self.optim!r}"
                        f"{_did_you_mean(self.optim, OPTIMIZERS, aliases=False)}")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            bad.append(f"train.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
-        _check_seed("train.seed", self.seed, bad)
-        self.lora.check(bad)
 
 
 @dataclass
 class EvaluateParams:
-    batch_size: int = 16
+    batch_size: int = rule(16, ">= 1")
     """Rows per forward pass; per-batch statistics are streamed, never all logits at once."""
-    num_samples: int = 50
+    num_samples: int = rule(50, ">= 0")
     """Test prompts (a seeded subset) answered by base and tuned model."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = rule(64, ">= 1")
+    """Longest generated answer, in tokens."""
     do_sample: bool = False
     """False: greedy generations only; True: also one seeded sampled generation per prompt."""
-    temperature: float = 0.7
-    seed: int = 0
-
-    def check(self, bad: list[str]) -> None:
-        if self.batch_size < 1:
-            bad.append(f"evaluate.batch_size must be >= 1, got {self.batch_size}")
-        if self.num_samples < 0:
-            bad.append(f"evaluate.num_samples must be >= 0, got {self.num_samples}")
-        if self.max_new_tokens < 1:
-            bad.append(f"evaluate.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            bad.append(f"evaluate.temperature must be > 0, got {_fmt(self.temperature)}")
-        _check_seed("evaluate.seed", self.seed, bad)
+    temperature: float = rule(0.7, "> 0")
+    """Sampling temperature of the sampled generation (do_sample: true)."""
+    seed: int = rule(0, SEED)
+    """Seed for the prompt subset and the sampled generation."""
 
 
 @dataclass
 class MergeParams:
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """Dtype of the exported model; auto: bf16 on GPUs that support it, else fp32."""
-    tolerance: float = 1e-3
+    tolerance: float = rule(1e-3, "> 0")
     """Largest allowed |logit difference| between merged and base+adapter, both in fp32."""
-    num_prompts: int = 4
+    num_prompts: int = rule(4, ">= 1")
     """Test prompts used for the parity check."""
-
-    def check(self, bad: list[str]) -> None:
-        if self.tolerance <= 0:
-            bad.append(f"merge.tolerance must be > 0, got {_fmt(self.tolerance)}")
-        if self.num_prompts < 1:
-            bad.append(f"merge.num_prompts must be >= 1, got {self.num_prompts}")
 
 
 SECTIONS: dict[str, type] = {
@@ -325,8 +329,8 @@ def _parse(raw: dict, sections) -> tuple[Params, list[str]]:
             value = _coerce(raw.get(name, TOP_LEVEL_NUMBERS[name]), float, name, bad)
             if value is _INVALID:
                 value = TOP_LEVEL_NUMBERS[name]
-            elif not value > 0:
-                bad.append(f"{name} must be > 0, got {_fmt(value)}")
+            elif problem := _problem(name, value, "> 0"):
+                bad.append(problem)
             setattr(result, name, value)
             continue
         setattr(result, name, _build(SECTIONS[name], raw.get(name), name, bad))
@@ -346,18 +350,16 @@ def _build(cls: type, raw: Any, prefix: str, bad: list[str]) -> Any:
         if key not in names:
             bad.append(f"unknown key {prefix}.{key}{_did_you_mean(key, names)}")
     kwargs = {}
-    for name in names:
-        if name not in raw:
-            continue
-        hint = hints[name]
+    for f in dataclasses.fields(cls):
+        key, hint = f"{prefix}.{f.name}", hints[f.name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, raw[name], f"{prefix}.{name}", bad)
-        else:
-            value = _coerce(raw[name], hint, f"{prefix}.{name}", bad)
-            if value is not _INVALID:
-                kwargs[name] = value
+            kwargs[f.name] = _build(hint, raw.get(f.name), key, bad)
+        elif f.name in raw and (value := _coerce(raw[f.name], hint, key, bad)) is not _INVALID:
+            kwargs[f.name] = value
+            if problem := _problem(key, value, **f.metadata):
+                bad.append(problem)
     obj = cls(**kwargs)
-    if hasattr(obj, "check") and "." not in prefix:  # a section's check also checks its subsections
+    if hasattr(obj, "check"):
         obj.check(bad)
     return obj
 
@@ -366,76 +368,60 @@ _INVALID = object()
 
 
 def _coerce(value: Any, hint: Any, key: str, bad: list[str]) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        text = value.strip() if isinstance(value, str) else None
-        if text in choices:
-            return text
-        bad.append(f"{key} must be one of {', '.join(choices)}, got {_short(value)}")
+    """`value` as type `hint`, or _INVALID after saying in `bad` what it must be."""
+    converted, expected = _convert(value, hint)
+    if expected:
+        bad.append(f"{key} must be {expected}, got {_short(value)}")
         return _INVALID
-    if origin is list:
+    return converted
+
+
+def _convert(value: Any, hint: Any) -> tuple[Any, str]:
+    """(`value` as type `hint`, "") or (None, what a value of that type must be)."""
+    if typing.get_origin(hint) is Literal:
+        text, choices = value.strip() if isinstance(value, str) else None, typing.get_args(hint)
+        return (text, "") if text in choices else (None, f"one of {', '.join(choices)}")
+    if typing.get_origin(hint) is list:
         if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
-            return [v.strip() for v in value]
-        bad.append(f"{key} must be a list of names, got {_short(value)}")
-        return _INVALID
+            return [v.strip() for v in value], ""
+        return None, "a list of names"
     if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        bad.append(f"{key} must be true or false, got {_short(value)}")
-        return _INVALID
+        text = value.strip().lower() if isinstance(value, str) else None
+        if isinstance(value, bool) or text in ("true", "false"):
+            return value if isinstance(value, bool) else text == "true", ""
+        return None, "true or false"
     if hint in (int, float):
         number = _to_number(value)
-        if number is None:
-            bad.append(f"{key} must be a {'whole ' if hint is int else ''}number, got {_short(value)}")
-            return _INVALID
         if hint is int:
-            if isinstance(number, float) and not number.is_integer():
-                bad.append(f"{key} must be a whole number, got {_short(value)}")
-                return _INVALID
-            return int(number)
+            if number is None or isinstance(number, float) and not number.is_integer():
+                return None, "a whole number"
+            return int(number), ""
+        if number is None:
+            return None, "a number"
         try:
-            return float(number)
+            return float(number), ""
         except OverflowError:  # an int literal too large for a float
-            bad.append(f"{key} must be a finite number, got {_short(value)}")
-            return _INVALID
+            return None, "a finite number"
     if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # e.g. a revision hash that YAML read as a number
-        bad.append(f"{key} must be text, got {_short(value)}")
-        return _INVALID
+        if isinstance(value, str) or isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value), ""  # a number: e.g. a revision hash that YAML read as one
+        return None, "text"
     raise TypeError(f"no coercion for {hint}")  # a bug in this module, not in params.yaml
 
 
 def _to_number(value: Any) -> float | int | None:
     """YAML 1.1 reads 2e-5 as a string: accept numeric strings, reject bools and NaN/inf."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
     if isinstance(value, str):
-        text = value.strip()
         try:
-            return int(text)  # exact, however large
+            value = int(value.strip())  # exact, however large
         except ValueError:
-            pass
-        try:
-            number = float(text)
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _check_seed(key: str, seed: int, bad: list[str]) -> None:
-    if not 0 <= seed < 2**32:  # numpy and pandas reject other seeds, after the work has started
-        bad.append(f"{key} must be in [0, 2**32), got {seed}")
+            try:
+                value = float(value.strip())
+            except ValueError:
+                return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if isinstance(value, int) or math.isfinite(value) else None
 
 
 # Names users bring from other tools, pointing at where that setting lives here.

@@ -78,6 +78,10 @@ BAD = [
     ({"model": {"tiny": {"vocab_size": 100}}}, ["model"],
      ["model.tiny.vocab_size must be >= 300 (256 bytes + special tokens), got 100"]),
     ({"model": {"tiny": {"num_layers": 0}}}, ["model"], ["model.tiny.num_layers must be >= 1, got 0"]),
+    ({"model": {"tiny": {"hidden_size": 0}}}, ["model"], ["model.tiny.hidden_size must be >= 1, got 0"]),
+    ({"model": {"tiny": {"intermediate_size": 0}}}, ["model"], ["model.tiny.intermediate_size must be >= 1, got 0"]),
+    ({"model": {"tiny": {"num_heads": 0}}}, ["model"], ["model.tiny.num_heads must be >= 1, got 0"]),
+    ({"model": {"tiny": {"num_kv_heads": 0}}}, ["model"], ["model.tiny.num_kv_heads must be >= 1, got 0"]),
     ({"model": {"tiny": {"num_heads": 3}}}, ["model"],
      ["model.tiny.hidden_size (128) must be divisible by num_heads (3)",
       "model.tiny.num_heads (3) must be divisible by num_kv_heads (2)"]),
@@ -128,6 +132,9 @@ BAD = [
     ({"merge": {"tolerance": 0}}, ["merge"], ["merge.tolerance must be > 0, got 0"]),
     ({"merge": {"num_prompts": 0}}, ["merge"], ["merge.num_prompts must be >= 1, got 0"]),
     ({"merge": {"dtype": "int8"}}, ["merge"], ["merge.dtype must be one of auto, bf16, fp16, fp32, got 'int8'"]),
+    ({"model": {"base": "tiny", "quantization": "4bit", "tiny": {"hidden_size": 32}}}, ["model"],
+     ["model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
+      "(the bitsandbytes block size), got 32"]),
     # unknown keys, with did-you-mean
     ({"trian": {"epochs": 1}}, ["train"], ["unknown key trian (did you mean train?)"]),
     ({"learning_rate": 2e-5}, ["lr"], ["unknown key learning_rate (did you mean lr?)"]),
@@ -342,15 +349,20 @@ def test_repo_params_yaml_matches_the_reference():
     assert p.model.quantization == defaults.model.quantization
 
 
-def _field_paths(cls: type, prefix: str) -> list[str]:
-    paths = []
+def _fields(cls: type, prefix: str) -> list[tuple[str, dataclasses.Field]]:
+    """(dotted path, field) of every leaf field, nested sections included."""
+    leaves = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
-            paths += _field_paths(hints[f.name], f"{prefix}.{f.name}")
+            leaves += _fields(hints[f.name], f"{prefix}.{f.name}")
         else:
-            paths.append(f"{prefix}.{f.name}")
-    return paths
+            leaves.append((f"{prefix}.{f.name}", f))
+    return leaves
+
+
+def _field_paths(cls: type, prefix: str) -> list[str]:
+    return [path for path, _ in _fields(cls, prefix)]
 
 
 def _has(raw: dict, dotted: str) -> bool:
@@ -404,3 +416,70 @@ def test_optimizer_and_scheduler_names_match_installed_transformers():
 def test_coerced_values_are_finite_and_typed():
     p = params.parse({"lr": "2e-5", "prepare": {"n": "300", "test_fraction": "0.25"}}, ["lr", "prepare"])
     assert math.isfinite(p.lr) and type(p.prepare.n) is int and type(p.prepare.test_fraction) is float
+
+
+# --- the rule mechanism: a bound declared on a field, checked by one loop ---
+
+def test_every_declared_rule_has_a_bad_row():
+    messages = [line for _, _, lines in BAD for line in lines]
+    declared = [path for name, cls in params.SECTIONS.items() for path, f in _fields(cls, name)
+                if f.metadata.get("bound") or f.metadata.get("nonempty")]
+    assert len(declared) > 30
+    untested = [path for path in declared if not any(m.startswith(f"{path} must ") for m in messages)]
+    assert not untested, f"add a BAD row for: {', '.join(untested)}"
+
+
+@pytest.mark.parametrize("bound, inside, outside", [
+    (">= 2", [2, 3.5], [1, 1.99, -2]),
+    ("> 0", [1e-9, 1], [0, -1]),
+    ("<= 1", [1, -5], [1.01, 2]),
+    ("< 1", [0.99, -1], [1, 2]),
+    ("in (0, 1)", [0.5, 1e-9], [0, 1, -0.5]),
+    ("in [0, 1]", [0, 1, 0.5], [-0.01, 1.01]),
+    ("in [0, 1)", [0, 0.99], [1, -1]),
+    ("in (0, 1]", [1, 0.01], [0, 1.5]),
+    (params.SEED, [0, 2**32 - 1], [-1, 2**32]),
+    ("-1 or >= 1", [-1, 1, 7], [0, -2]),
+])
+def test_rule_bounds(bound, inside, outside):
+    assert [params._problem("x", v, bound) for v in inside] == [None] * len(inside)
+    assert [params._problem("x", v, bound) for v in outside] == [f"x must be {bound}, got {v}" for v in outside]
+
+
+@dataclasses.dataclass
+class _Inner:
+    k: int = params.rule(3, ">= 1", why="one at least")
+
+
+@dataclasses.dataclass
+class _Outer:
+    share: float = params.rule(0.1, "in (0, 1)")
+    name: str = params.rule("x", nonempty=True)
+    kind: str = params.rule("bpe", nonempty="bpe or a directory")
+    names: list[str] = params.rule(["a"], nonempty=True)
+    free: int = 0
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+
+def test_a_new_field_declared_with_rule_is_checked_under_its_prefix():
+    bad = []
+    raw = {"share": 1, "name": " ", "kind": "", "names": [], "free": -9, "inner": {"k": 0}}
+    params._build(_Outer, raw, "new", bad)
+    assert bad == [
+        "new.share must be in (0, 1), got 1",
+        "new.name must not be empty",
+        "new.kind must be bpe or a directory, got ''",
+        "new.names must not be empty",
+        "new.inner.k must be >= 1 (one at least), got 0",
+    ]
+    bad = []
+    built = params._build(_Outer, {"share": "0.5", "inner": {"k": 2}}, "new", bad)
+    assert bad == [] and (built.share, built.inner.k, built.names) == (0.5, 2, ["a"])
+    assert built.names is not _Outer().names  # a list default is not shared between instances
+
+
+@pytest.mark.parametrize("default, bound", [(0, ">= 1"), (1, "in [0, 1)"), (-1, params.SEED), (1, "at least 1"),
+                                            (1, ">= one")])
+def test_rule_rejects_a_default_or_bound_that_cannot_hold(default, bound):
+    with pytest.raises(ValueError):
+        params.rule(default, bound)
