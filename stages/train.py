@@ -90,7 +90,7 @@ def checked_sft_config(p: params.Params, dtype: torch.dtype):
         if f"{p.train.optim} is not a valid OptimizerNames" in str(e):
             names = [o.value for o in OptimizerNames]
             problem = (f"train.optim must be one of transformers' optimizer names, got {p.train.optim!r}"
-                       f"{params._did_you_mean(p.train.optim, names, aliases=False)}")
+                       f"{params.did_you_mean(p.train.optim, names, aliases=False)}")
         else:
             problem = f"transformers refused the training settings: {e}"
         raise params.ParamsError(f"{params.PARAMS_FILE}: 1 problem(s):\n  {problem}") from None
