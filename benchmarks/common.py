@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout; a shared/ inside it where only the checkout travels (a GPU machine).
+SHARED = next((d for d in (REPO.parent / "shared", REPO / "shared") if d.is_dir()), REPO.parent / "shared")
 ALPACA = SHARED / "data" / "alpaca" / "alpaca_5000.json"  # real Alpaca rows, when present
 QWEN2_TOKENIZER = SHARED / "tokenizers" / "qwen2"  # real Qwen2 vocab.json + merges.txt, when present
 EMBEDDED_SAMPLE = REPO / "data" / "raw" / "finance_alpaca.parquet"
