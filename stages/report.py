@@ -91,7 +91,7 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-def read_json(read: Reader, path: str) -> dict:
+def read_metrics(read: Reader, path: str) -> dict:
     text = read(path)
     if text is None:
         return {}
@@ -115,7 +115,7 @@ def read_samples(read: Reader) -> list[dict]:
 
 
 def load_run(read: Reader, label: str) -> Run:
-    return Run(label, read_curves(read), read_json(read, EVAL_METRICS), read_json(read, MERGE_METRICS),
+    return Run(label, read_curves(read), read_metrics(read, EVAL_METRICS), read_metrics(read, MERGE_METRICS),
                read_samples(read))
 
 
