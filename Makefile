@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench check-real clean-venv
+.PHONY: setup run test test-fast report bench check-real clean-venv
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ test: setup
 # The edit loop: everything but the tests marked slow (stages and pipelines in subprocesses).
 test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow" tests
+
+# The offline report (metrics/report.html), after whatever it depends on.
+report: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro report
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks run

@@ -10,7 +10,7 @@ import torch
 
 from helpers import dvc, run, write_params
 
-ALL_STAGES = {"ingest", "base", "prepare", "train", "evaluate_base", "evaluate", "merge"}
+ALL_STAGES = {"ingest", "base", "prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
 
 
 def ran(output: str) -> set[str]:
@@ -73,7 +73,7 @@ def test_second_repro_is_a_no_op(reproduced):
 def test_lr_experiment_reruns_only_what_lr_touches(reproduced):
     project, _ = reproduced
     experiment = dvc("exp", "run", "-S", "lr=2e-5", cwd=project)
-    assert ran(experiment.stdout) == {"train", "evaluate", "merge"}, experiment.stdout
+    assert ran(experiment.stdout) == {"train", "evaluate", "merge", "report"}, experiment.stdout
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     changed = diff["metrics/eval.json"]
     assert "tuned.eval_loss" in changed and changed["tuned.eval_loss"]["diff"] != 0
@@ -87,7 +87,7 @@ def test_evaluate_param_reruns_only_evaluation(reproduced):
     project, _ = reproduced
     write_params(project, {"evaluate": {"max_new_tokens": 6}})
     result = dvc("repro", cwd=project)
-    assert ran(result.stdout) == {"evaluate_base", "evaluate"}
+    assert ran(result.stdout) == {"evaluate_base", "evaluate", "report"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     assert any(key.endswith("generated_tokens_mean") for key in diff.get("metrics/eval.json", {}))
     run(["git", "checkout", "--", "params.yaml"], cwd=project)
