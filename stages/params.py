@@ -242,12 +242,16 @@ class MergeParams:
     """Largest allowed |logit difference| between merged and base+adapter, both in fp32."""
     num_prompts: int = 4
     """Test prompts used for the parity check."""
+    eval_rows: int = 0
+    """Test rows the exported model is scored on (a fixed seeded subset); 0: all, as evaluate scores."""
 
     def check(self, bad: list[str]) -> None:
         if self.tolerance <= 0:
             bad.append(f"merge.tolerance must be > 0, got {_fmt(self.tolerance)}")
         if self.num_prompts < 1:
             bad.append(f"merge.num_prompts must be >= 1, got {self.num_prompts}")
+        if self.eval_rows < 0:
+            bad.append(f"merge.eval_rows must be >= 0 (0: all test rows), got {self.eval_rows}")
 
 
 SECTIONS: dict[str, type] = {
