@@ -89,7 +89,8 @@ def check_export(saved: dict[str, torch.Tensor], reloaded: dict[str, torch.Tenso
     missing = sorted(saved.keys() - reloaded.keys())
     extra = sorted(reloaded.keys() - saved.keys())
     changed = [name for name in sorted(saved.keys() & reloaded.keys())
-               if saved[name].dtype != reloaded[name].dtype or not torch.equal(saved[name], reloaded[name].to(saved[name].device))]
+               if saved[name].dtype != reloaded[name].dtype
+               or not torch.equal(saved[name], reloaded[name].to(saved[name].device))]
     if missing or extra or changed:
         problems = [f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
                     for what, names in (("missing", missing), ("unexpected", extra), ("changed", changed)) if names]
@@ -173,7 +174,7 @@ def model_card(*, base: str, revision: str | None, license: str, export_dtype: s
         f"| {_cell(merge_metrics.get(f'merged.{m}'))} |" for m in CARD_METRICS)
     scored = merge_metrics.get("merged.rows")
     of_test = counts.get("test")
-    rows_note = f"{scored} of {of_test} test rows" if of_test is not None and scored != of_test else f"{scored} test rows"
+    rows_note = f"{scored} test rows" if of_test in (None, scored) else f"{scored} of {of_test} test rows"
     pinned = f" (revision `{revision}`)" if revision else ""
     return f"""---
 {meta}
@@ -233,78 +234,87 @@ def read_metrics(path: str, stage: str) -> dict:
     return io.read_json(path)
 
 
-# ---------------------------------------------------------------- the stage
+# ---------------------------------------------------------------- the stage's steps
+
+
+def load(p: params.Params):
+    """The base unquantized in fp32 + the adapter: the merge and its check then measure the merge,
+    not bf16 rounding."""
+    from peft import PeftModel
+
+    say("load", f"{p.model.base} unquantized in fp32 + {ADAPTER_DIR}")
+    return PeftModel.from_pretrained(modeling.load_model(BASE_DIR, "none", torch.float32), ADAPTER_DIR)
+
+
+def check(merged, batch, reference: torch.Tensor, base: torch.Tensor, tolerance: float) -> dict:
+    difference = max_difference(logits(merged, batch), reference)
+    check_parity(difference, tolerance)
+    effect = max_difference(base, reference)
+    say("check", f"max |logit diff| {difference:.2e} <= {tolerance:g} on {len(batch['input_ids'])} prompts; "
+        f"the adapter moves logits by up to {effect:.2e}"
+        + (" (below merge.tolerance: this check cannot tell a merge that dropped the adapter)"
+           if effect <= tolerance else ""))
+    return {"max_abs_logit_diff": difference, "tolerance": tolerance, "adapter_max_abs_logit_diff": effect,
+            "prompts": len(batch["input_ids"])}
+
+
+def export(merged, tokenizer, directory: Path, dtype: torch.dtype):
+    """Save in the export dtype, reload as a user would (plain transformers, the saved dtype) and
+    require every tensor to be the merged one."""
+    from transformers import AutoModelForCausalLM
+
+    merged = merged.to(dtype)
+    merged.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    exported = AutoModelForCausalLM.from_pretrained(directory, device_map=modeling.device())
+    check_export(merged.state_dict(), exported.state_dict(), OUT)
+    say("export", f"{str(exported.dtype).removeprefix('torch.')}, reloaded with AutoModelForCausalLM: "
+        "every tensor as merged")
+    return exported
+
+
+def card(p: params.Params, data_counts: dict, eval_metrics: dict, merge_metrics: dict) -> str:
+    source = Path(BASE_DIR, modeling.SOURCE_FILE)
+    revision = json.loads(source.read_text()).get("revision") if source.is_file() else None
+    return model_card(base=p.model.base, revision=revision, license=base_license(modeling.weights_dir(BASE_DIR)),
+                      export_dtype=merge_metrics["export_dtype"], data_path=p.data.path, data_counts=data_counts,
+                      hyperparameters={k: lookup(p, k) for k in CARD_HYPERPARAMETERS},
+                      evaluation_metrics=eval_metrics, merge_metrics=merge_metrics)
 
 
 def main() -> None:
     p = params.load("lr", "data", "prepare", "model", "train", "evaluate", "merge")
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    # load
     modeling.check_adapter(ADAPTER_DIR, expected_base=p.model.base)
     data_counts, eval_metrics = read_metrics(DATA_METRICS, "prepare"), read_metrics(EVAL_METRICS, "evaluate")
-    export_dtype = modeling.compute_dtype(p.merge.dtype)
     tokenizer = modeling.load_tokenizer(ADAPTER_DIR)
     test = pd.read_parquet(TEST_DATA)
-    say("load", f"{p.model.base} unquantized in fp32 + {ADAPTER_DIR}")
-    # Merge and check in fp32, so the tolerance measures the merge, not bf16 rounding.
-    tuned = PeftModel.from_pretrained(modeling.load_model(BASE_DIR, "none", torch.float32), ADAPTER_DIR)
-    batch = parity_batch(tokenizer, test, p.merge.num_prompts, tuned.device)
-    reference_logits, reference_tokens = logits_and_greedy(tuned, batch, pad_id=tokenizer.pad_token_id)
-    with tuned.disable_adapter():
-        adapter_effect = max_difference(logits(tuned, batch), reference_logits)
 
-    # merge
+    tuned = load(p)
+    batch = parity_batch(tokenizer, test, p.merge.num_prompts, tuned.device)
+    reference, reference_tokens = logits_and_greedy(tuned, batch, pad_id=tokenizer.pad_token_id)
+    with tuned.disable_adapter():
+        base = logits(tuned, batch)
+
     say("merge", "merge_and_unload")
     merged = tuned.merge_and_unload()
+    result = check(merged, batch, reference, base, p.merge.tolerance)
 
-    # check
-    difference = max_difference(logits(merged, batch), reference_logits)
-    check_parity(difference, p.merge.tolerance)
-    say("check", f"max |logit diff| {difference:.2e} <= {p.merge.tolerance:g} on {batch['input_ids'].shape[0]} prompts; "
-        f"the adapter moves logits by up to {adapter_effect:.2e}"
-        + (" (below merge.tolerance: this check cannot tell a merge that dropped the adapter)"
-           if adapter_effect <= p.merge.tolerance else ""))
-
-    with io.atomic_path(OUT) as tmp:
-        # export
-        merged = merged.to(export_dtype)
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        exported = AutoModelForCausalLM.from_pretrained(tmp, device_map=modeling.device())  # as a user loads it
-        check_export(merged.state_dict(), exported.state_dict(), OUT)
-        export_logits, export_tokens = logits_and_greedy(exported, batch, pad_id=tokenizer.pad_token_id)
+    with io.atomic_path(OUT) as tmp:  # a failure below leaves OUT as it was
+        exported = export(merged, tokenizer, tmp, modeling.compute_dtype(p.merge.dtype))
         del tuned, merged
-        dtype_name = str(exported.dtype).removeprefix("torch.")
-        say("export", f"{dtype_name}, reloaded with AutoModelForCausalLM: every tensor as merged")
+        export_logits, export_tokens = logits_and_greedy(exported, batch, pad_id=tokenizer.pad_token_id)
+        result.update(export_dtype=str(exported.dtype).removeprefix("torch."),
+                      export_max_abs_logit_diff=max_difference(export_logits, reference),
+                      export_greedy_tokens_match=bool(torch.equal(export_tokens, reference_tokens)))
 
-        # score
         rows = score_rows(len(test), p.merge.eval_rows)
         scored = evaluation.response_metrics(exported, tokenizer, prompts.conversations(test.iloc[rows]),
                                              p.evaluate.batch_size, p.prepare.max_length)
-        result = {
-            "max_abs_logit_diff": difference,
-            "tolerance": p.merge.tolerance,
-            "adapter_max_abs_logit_diff": adapter_effect,
-            "export_dtype": dtype_name,
-            "export_max_abs_logit_diff": max_difference(export_logits, reference_logits),
-            "export_greedy_tokens_match": bool(torch.equal(export_tokens, reference_tokens)),
-            "prompts": int(batch["input_ids"].shape[0]),
-            "merged.rows": len(rows),
-            **flat("merged", scored),
-        }
+        result.update({"merged.rows": len(rows), **flat("merged", scored)})
         say("score", f"merged.eval_loss {scored['eval_loss']:.4f} on {len(rows)} test rows "
             f"(tuned.eval_loss {_cell(eval_metrics.get('tuned.eval_loss'))}, {p.model.quantization} base + adapter)")
 
-        # card
-        source = Path(BASE_DIR, modeling.SOURCE_FILE)
-        revision = json.loads(source.read_text()).get("revision") if source.is_file() else None
-        card = model_card(base=p.model.base, revision=revision, license=base_license(modeling.weights_dir(BASE_DIR)),
-                          export_dtype=dtype_name, data_path=p.data.path, data_counts=data_counts,
-                          hyperparameters={k: lookup(p, k) for k in CARD_HYPERPARAMETERS},
-                          evaluation_metrics=eval_metrics, merge_metrics=result)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+        (tmp / "README.md").write_text(card(p, data_counts, eval_metrics, result), encoding="utf-8")
         say("card", f"{OUT}/README.md")
     io.write_json(METRICS_OUT, result)
     print(f"merge: done -> {OUT}, {METRICS_OUT}")

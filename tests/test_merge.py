@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import REPO, make_project, stage, write_params
+from helpers import REPO, make_project, stage
 from stages import evaluation, merge, modeling, params, prompts
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -165,7 +165,8 @@ def lossy_save(original):
     return save_pretrained
 
 
-PARITY = r"merged model differs from base\+adapter by \S+ in logits \(merge.tolerance 0.001\); .*models/merged was not written"
+PARITY = (r"merged model differs from base\+adapter by \S+ in logits \(merge.tolerance 0.001\); "
+          r".*models/merged was not written")
 FAULTS = {
     "skip_adapter": (skip_adapter, "peft.tuners.tuners_utils.BaseTuner.merge_and_unload", PARITY),
     "wrong_weights": (wrong_weights, "peft.tuners.tuners_utils.BaseTuner.merge_and_unload", PARITY),
@@ -179,32 +180,34 @@ def patch(monkeypatch, fault: str) -> None:
     import importlib
 
     make, target, _ = FAULTS[fault]
-    module, owner, name = target.rsplit(".", 2)[0], target.rsplit(".", 2)[1], target.rsplit(".", 1)[1]
+    module, owner, name = target.rsplit(".", 2)
     cls = getattr(importlib.import_module(module), owner)
     monkeypatch.setattr(cls, name, make(getattr(cls, name)))
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_a_broken_merge_fails_and_writes_nothing(merged_project, monkeypatch, fault):
-    before = {path: digest(merged_project / path) for path in (merge.OUT, merge.METRICS_OUT)}
+def test_a_broken_merge_fails_and_writes_nothing(merged_project, tmp_path, monkeypatch, fault):
+    project = shutil.copytree(merged_project, tmp_path / "project")  # a merge that wrongly passes can't spoil others
+    before = {path: digest(project / path) for path in (merge.OUT, merge.METRICS_OUT)}
     patch(monkeypatch, fault)
     with pytest.raises(modeling.ModelError, match=FAULTS[fault][2]):
-        run_merge(merged_project, monkeypatch)
-    assert {path: digest(merged_project / path) for path in before} == before
+        run_merge(project, monkeypatch)
+    assert {path: digest(project / path) for path in before} == before
 
 
 @pytest.mark.slow
 def test_the_stage_exits_with_its_message(merged_project, tmp_path):
     """`python -m stages.merge` itself, with a merge that drops the adapter patched in at start-up."""
+    project = shutil.copytree(merged_project, tmp_path / "project")
     (tmp_path / "sitecustomize.py").write_text(
         "from peft.tuners.tuners_utils import BaseTuner\n"
         "BaseTuner.merge_and_unload = lambda self, *args, **kwargs: self.unload()\n")
-    before = {path: digest(merged_project / path) for path in (merge.OUT, merge.METRICS_OUT)}
-    result = stage("merge", cwd=merged_project, check=False, extra_env={"PYTHONPATH": str(tmp_path)})
+    before = {path: digest(project / path) for path in (merge.OUT, merge.METRICS_OUT)}
+    result = stage("merge", cwd=project, check=False, extra_env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 1, result.stderr
     assert re.search(r"^merge: error: " + PARITY, result.stderr, re.M), result.stderr
     assert "Traceback" not in result.stderr
-    assert {path: digest(merged_project / path) for path in before} == before
+    assert {path: digest(project / path) for path in before} == before
 
 
 def test_check_export_names_what_differs():
