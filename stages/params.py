@@ -235,6 +235,8 @@ class MergeParams:
     """Largest allowed |logit difference| between merged and base+adapter, both in fp32."""
     num_prompts: int = rule(4, ">= 1")
     """Test prompts used for the parity check."""
+    eval_rows: int = rule(0, ">= 0", why="0: all test rows")
+    """Test rows the exported model is scored on (a fixed seeded subset); 0: all, as evaluate scores."""
 
 
 SECTIONS: dict[str, type] = {

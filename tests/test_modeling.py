@@ -138,6 +138,7 @@ def test_adapter_checks(tmp_path, tiny_base):
         modeling.check_adapter(adapter, "tiny")
 
 
+@pytest.mark.slow
 def test_merge_refuses_an_adapter_for_another_base(tmp_path, tiny_base):
     project = make_project(tmp_path, git=False)
     shutil.copytree(_adapter(tmp_path, tiny_base, base_name="someone/else"), project / "models/adapter")

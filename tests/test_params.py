@@ -129,6 +129,7 @@ BAD = [
     # merge
     ({"merge": {"tolerance": 0}}, ["merge"], ["merge.tolerance must be > 0, got 0"]),
     ({"merge": {"num_prompts": 0}}, ["merge"], ["merge.num_prompts must be >= 1, got 0"]),
+    ({"merge": {"eval_rows": -1}}, ["merge"], ["merge.eval_rows must be >= 0 (0: all test rows), got -1"]),
     ({"merge": {"dtype": "int8"}}, ["merge"], ["merge.dtype must be one of auto, bf16, fp16, fp32, got 'int8'"]),
     ({"model": {"base": "tiny", "quantization": "4bit", "tiny": {"hidden_size": 32}}}, ["model"],
      ["model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
