@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from stages import errors, io, modeling, params, prompts
+from stages import errors, evaluation, io, modeling, params, prompts
 
 BASE_DIR = "models/base"
 ADAPTER_DIR = "models/adapter"
@@ -27,8 +27,8 @@ def parity_batch(tokenizer, test: pd.DataFrame, num_prompts: int, device) -> dic
 def logits_and_greedy(model, batch, max_new_tokens: int = 16, pad_id: int | None = None):
     logits = model(**batch).logits.float()
     mask = batch["attention_mask"].bool()
-    greedy = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
-                            temperature=None, pad_token_id=pad_id)
+    greedy = model.generate(**batch, generation_config=evaluation.generation_config(max_new_tokens=max_new_tokens,
+                                                                                   pad_token_id=pad_id))
     return logits[mask], greedy[:, batch["input_ids"].shape[1]:]
 
 
