@@ -20,7 +20,7 @@ from stages import prompts
 # a chunk at a time, so scoring never holds [batch, length, vocab] logits (2.4 GB for Qwen2's 151,936-token
 # vocabulary at batch 16), whatever the batch size and vocabulary.
 CHUNK_BYTES = 256 * 2**20
-_TENSORS_PER_CHUNK = 4  # the output layer's logits, fp32 copy, probabilities, p * log p
+_TENSORS_PER_CHUNK = 4  # the output layer's logits, their fp32 copy, log-probabilities, probabilities
 
 
 def chunk_tokens(vocab_size: int) -> int:
@@ -32,13 +32,12 @@ def logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict:
     """Sums of NLL, entropy and argmax hits for rows of logits [tokens, vocab] against targets [tokens].
 
     In fp32 whatever the model's dtype. A logit of -inf (masked vocabulary) has probability 0 and adds
-    0 to the entropy (xlogy(0, 0) = 0), not NaN.
+    0 to the entropy: p * log p is 0 * -inf = NaN there, which nansum skips.
     """
     x = logits.float()
-    log_norm = x.logsumexp(-1)
-    nll = log_norm - x.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    probs = (x - log_norm.unsqueeze(-1)).exp_()
-    entropy = -torch.special.xlogy(probs, probs).sum(-1)
+    log_probs = torch.log_softmax(x, dim=-1)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -log_probs.mul_(log_probs.exp()).nansum(-1)  # in place: one [tokens, vocab] temporary fewer
     return {
         "nll": nll.sum().item(),
         "entropy": entropy.sum().item(),
