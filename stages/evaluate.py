@@ -39,6 +39,15 @@ def side_by_side(base_outputs: list[dict], tuned_outputs: list[dict]) -> list[di
     return rows
 
 
+def same_generation(base: dict, tuned: dict) -> dict:
+    """The generation settings both models answered with (they must be the same to compare answers)."""
+    if base != tuned:
+        changed = sorted(k for k in set(base) | set(tuned) if base.get(k) != tuned.get(k))
+        raise io.DataError(f"{BASE_RESULTS} was generated with other settings ({', '.join(changed)}); "
+                           "rerun `dvc repro evaluate_base`")
+    return tuned
+
+
 def main() -> None:
     p = params.load("prepare", "model", "evaluate")
     dtype = modeling.compute_dtype("auto")
@@ -50,7 +59,8 @@ def main() -> None:
     samples = side_by_side(base["outputs"], outputs)
     io.write_jsonl(SAMPLES_OUT, samples)
     io.write_json(SAMPLES_PLOT, samples)
-    metrics = compare(base["metrics"], tuned)
+    generation = same_generation(base.get("generation", {}), evaluation.settings_report(tokenizer, p.evaluate))
+    metrics = {**compare(base["metrics"], tuned), **generation}
     io.write_json(METRICS_OUT, metrics)
     print(f"evaluate: loss {metrics['base.eval_loss']:.4f} -> {metrics['tuned.eval_loss']:.4f} "
           f"(delta {metrics['delta.eval_loss']:+.4f}) -> {METRICS_OUT}")

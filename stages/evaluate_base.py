@@ -18,7 +18,8 @@ def main() -> None:
     model = modeling.load_model(BASE_DIR, p.model.quantization, dtype)
     metrics, outputs = evaluation.evaluate_model(model, tokenizer, pd.read_parquet(TEST_DATA), p.evaluate,
                                                  p.prepare.max_length)
-    io.write_json(OUT, {"metrics": metrics, "outputs": outputs})
+    generation = evaluation.settings_report(tokenizer, p.evaluate)
+    io.write_json(OUT, {"metrics": metrics, "outputs": outputs, "generation": generation})
     print(f"evaluate_base: loss {metrics['eval_loss']:.4f}, accuracy {metrics['mean_token_accuracy']:.3f} -> {OUT}")
 
 

@@ -10,35 +10,61 @@ import string
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from stages import prompts
 
 # ---------------------------------------------------------------- response-token statistics
 
+# Memory for one chunk of response tokens' logits and their fp32 temporaries: the output layer is applied
+# a chunk at a time, so scoring never holds [batch, length, vocab] logits (2.4 GB for Qwen2's 151,936-token
+# vocabulary at batch 16), whatever the batch size and vocabulary.
+CHUNK_BYTES = 256 * 2**20
+_TENSORS_PER_CHUNK = 4  # the output layer's logits, their fp32 copy, log-probabilities, probabilities
 
-def batch_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Sums over the response tokens of one batch (labels == -100 elsewhere), shifted for next-token.
 
-    logits[:, t] predicts labels[:, t + 1]. Only the response positions are turned into fp32
-    log-probabilities ([tokens, vocab], not [batch, length, vocab]). Returned as sums so batches
-    add up; nothing of the logits outlives the batch.
+def chunk_tokens(vocab_size: int) -> int:
+    """Response tokens per chunk so that a chunk's [tokens, vocab] tensors fit in CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // (vocab_size * 4 * _TENSORS_PER_CHUNK))
+
+
+def logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Sums of NLL, entropy and argmax hits for rows of logits [tokens, vocab] against targets [tokens].
+
+    In fp32 whatever the model's dtype. A logit of -inf (masked vocabulary) has probability 0 and adds
+    0 to the entropy: p * log p is 0 * -inf = NaN there, which nansum skips.
     """
-    labels = labels[:, 1:]
-    mask = labels != -100
-    picked = logits[:, :-1][mask].float()  # [response tokens, vocab]
-    targets = labels[mask]
-    log_probs = torch.log_softmax(picked, dim=-1)
+    x = logits.float()
+    log_probs = torch.log_softmax(x, dim=-1)
     nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    probs = log_probs.exp()
-    # 0 * log 0 = 0: a token with logit -inf (masked vocabulary) must not turn the entropy into NaN
-    entropy = -torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs)).sum(-1)
-    correct = picked.argmax(-1) == targets
+    entropy = -log_probs.mul_(log_probs.exp()).nansum(-1)  # in place: one [tokens, vocab] temporary fewer
     return {
         "nll": nll.sum().item(),
         "entropy": entropy.sum().item(),
-        "correct": int(correct.sum().item()),
-        "tokens": int(mask.sum().item()),
+        "correct": int((x.argmax(-1) == targets).sum().item()),
+        "tokens": int(targets.numel()),
     }
+
+
+def chunked_stats(hidden: torch.Tensor, targets: torch.Tensor, head, chunk: int) -> dict:
+    """logit_stats of head(hidden) [tokens, vocab], `chunk` tokens at a time: only one chunk's logits live."""
+    total = {"nll": 0.0, "entropy": 0.0, "correct": 0, "tokens": 0}
+    for start in range(0, len(targets), chunk):
+        stats = logit_stats(head(hidden[start : start + chunk]), targets[start : start + chunk])
+        for key, value in stats.items():
+            total[key] += value
+    return total
+
+
+def batch_stats(logits: torch.Tensor, labels: torch.Tensor, chunk: int | None = None) -> dict:
+    """Sums over the response tokens of one batch (labels == -100 elsewhere), shifted for next-token.
+
+    logits[:, t] predicts labels[:, t + 1]. The unchunked reference for scoring from hidden states.
+    """
+    labels = labels[:, 1:]
+    mask = labels != -100
+    picked = logits[:, :-1][mask]  # [response tokens, vocab]
+    return chunked_stats(picked, labels[mask], lambda rows: rows, chunk or max(len(picked), 1))
 
 
 def summarize_stats(total: dict) -> dict:
@@ -80,29 +106,43 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+def backbone_and_head(model):
+    """The decoder (last hidden states) and the output layer of a causal LM: a plain transformers model,
+    a bitsandbytes-quantized one, or a peft model wrapping either (peft forwards both calls to the model
+    whose layers it has wrapped, so the adapter applies). logits = head(hidden) holds for Qwen2/Llama-style
+    models, which neither scale nor soft-cap their logits.
+    """
+    return model.get_decoder(), model.get_output_embeddings()
+
+
 @torch.inference_mode()
 def response_metrics(model, tokenizer, conversations: list[dict], batch_size: int, max_length: int) -> dict:
-    """Loss, perplexity, accuracy and entropy over response tokens, streamed batch by batch."""
+    """Loss, perplexity, accuracy and entropy over response tokens, streamed batch by batch.
+
+    The backbone runs on the whole batch; the output layer only on the response positions, a chunk of
+    tokens at a time (chunk_tokens), so memory beyond the model and its activations stays bounded.
+    """
     model.eval()
+    backbone, head = backbone_and_head(model)
+    chunk = chunk_tokens(head.out_features)
     examples = [encode_example(tokenizer, c, max_length) for c in conversations]
     # Similar lengths together: less padding, same sums.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     total = {"nll": 0.0, "entropy": 0.0, "correct": 0, "tokens": 0}
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=None):
         batch = pad_batch([examples[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id)
-        scored = (batch["labels"][:, 1:] != -100).any(0).nonzero()
-        if len(scored) == 0:  # every response was cut off by max_length
+        labels = batch["labels"][:, 1:].to(device)
+        mask = labels != -100
+        if not mask.any():  # every response was cut off by max_length
             continue
-        # Logits only from the first position that predicts a response token: the prompt's are never
-        # scored, and the output layer with its [batch, length, vocab] logits is a large share of the time
-        # and memory (151k-token vocabulary for Qwen2). Rows are right-padded, so one cut fits all.
-        first = int(scored[0])
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                       use_cache=False, logits_to_keep=batch["input_ids"].shape[1] - first).logits
-        for key, value in batch_stats(logits, batch["labels"][:, first:].to(device)).items():
+        hidden = backbone(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                          use_cache=False).last_hidden_state
+        # hidden[:, t] predicts labels[:, t + 1]; [response tokens, hidden], the prompt's positions dropped.
+        picked = hidden[:, :-1][mask]
+        del hidden
+        for key, value in chunked_stats(picked, labels[mask], head, chunk).items():
             total[key] += value
-        del logits
     return summarize_stats(total)
 
 
@@ -114,35 +154,62 @@ def sample_indices(n_rows: int, k: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_rows), min(k, n_rows)))
 
 
+def end_token_ids(tokenizer) -> list[int]:
+    """<|im_end|> ends a turn; <|endoftext|>, which Qwen2's generation config also lists, ends too."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in (prompts.END_OF_TURN, "<|endoftext|>")]
+
+
+def generation_settings(max_new_tokens: int, eos_token_id: list[int] | None = None, pad_token_id: int | None = None,
+                        do_sample: bool = False, temperature: float = 1.0) -> dict:
+    """Every decoding knob of transformers' generate(), from the arguments alone (JSON-ready).
+
+    A fresh GenerationConfig is not enough: generate() fills each field left None from the model's own
+    generation_config (Qwen2-0.5B-Instruct's: repetition_penalty 1.1, top_p 0.8, top_k 20, temperature
+    0.7, do_sample true). So every knob that changes the tokens is set here, to its neutral value unless
+    an argument says otherwise. Greedy: argmax at every step. Sampling: temperature only, no top-k/top-p.
+    eos_token_id None keeps the model's end tokens.
+    """
+    settings = {
+        "max_new_tokens": max_new_tokens, "min_new_tokens": 0, "do_sample": do_sample, "num_beams": 1,
+        "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "renormalize_logits": False,
+        "eos_token_id": eos_token_id, "pad_token_id": pad_token_id, "use_cache": True,
+    }
+    if do_sample:
+        settings.update(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
+                        epsilon_cutoff=0.0, eta_cutoff=0.0)
+    else:  # unused by greedy decoding; set so the model's values are not copied in (and warned about)
+        settings.update(temperature=1.0, top_p=1.0, top_k=50, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
+    return settings
+
+
+def generation_config(**settings):
+    """A fresh transformers GenerationConfig from generation_settings(**settings): evaluation, merge and chat."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(**generation_settings(**settings))
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, conversations: list[dict], batch_size: int, max_new_tokens: int,
              do_sample: bool = False, temperature: float = 1.0, seed: int = 0) -> list[dict]:
-    """Responses for the prompts of `conversations`: left-padded batches, KV cache, stop at <|im_end|>
-    (or <|endoftext|>, which Qwen2's generation config also lists as an end)."""
+    """Responses for the prompts of `conversations`: left-padded batches, KV cache, stop at an end token."""
     model.eval()
-    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in (prompts.END_OF_TURN, "<|endoftext|>")]
+    end_ids = end_token_ids(tokenizer)
+    config = generation_config(max_new_tokens=max_new_tokens, eos_token_id=end_ids,
+                               pad_token_id=tokenizer.pad_token_id, do_sample=do_sample, temperature=temperature)
     device = next(model.parameters()).device
     texts = [tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True) for c in conversations]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the last position of every row
     results = []
     try:
-        for start in range(0, len(texts), batch_size):
+        for start in tqdm(range(0, len(texts), batch_size), desc="sampling" if do_sample else "generating",
+                          unit="batch", disable=None):
             batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             if do_sample:
                 torch.manual_seed(seed + start)
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                temperature=temperature if do_sample else None,
-                top_p=None,
-                top_k=None,
-                eos_token_id=end_ids,
-                pad_token_id=tokenizer.pad_token_id,
-                use_cache=True,
-            )
+            output = model.generate(**batch, generation_config=config)
             for row in output[:, batch["input_ids"].shape[1] :].tolist():
                 end = next((i for i, token in enumerate(row) if token in end_ids), None)
                 stopped = end is not None
@@ -152,6 +219,17 @@ def generate(model, tokenizer, conversations: list[dict], batch_size: int, max_n
     finally:
         tokenizer.padding_side = side
     return results
+
+
+def settings_report(tokenizer, cfg) -> dict:
+    """How evaluate_model's answers were produced, every knob, as flat generation.* keys for the
+    metrics file (generation.sampled.* too when evaluate.do_sample)."""
+    ends, pad = end_token_ids(tokenizer), tokenizer.pad_token_id
+    report = {f"generation.{k}": v for k, v in generation_settings(cfg.max_new_tokens, ends, pad).items()}
+    if cfg.do_sample:
+        sampled = generation_settings(cfg.max_new_tokens, ends, pad, do_sample=True, temperature=cfg.temperature)
+        report.update({f"generation.sampled.{k}": v for k, v in sampled.items()}, **{"generation.sampled.seed": cfg.seed})
+    return report
 
 
 # ---------------------------------------------------------------- text metrics

@@ -60,8 +60,8 @@ def parity_batch(tokenizer, test: pd.DataFrame, num_prompts: int, device) -> dic
 def logits_and_greedy(model, batch, max_new_tokens: int = 16, pad_id: int | None = None):
     logits = model(**batch).logits.float()
     mask = batch["attention_mask"].bool()
-    greedy = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
-                            temperature=None, pad_token_id=pad_id)
+    greedy = model.generate(**batch, generation_config=evaluation.generation_config(max_new_tokens=max_new_tokens,
+                                                                                   pad_token_id=pad_id))
     return logits[mask], greedy[:, batch["input_ids"].shape[1]:]
 
 

@@ -41,15 +41,32 @@ def lively_base(tiny_base, tmp_path_factory):
     mistakes would go unseen; this one answers varied tokens. Its activations stay under LLM.int8's
     outlier threshold (6.0), where 8-bit quantization is row by row and cannot depend on the batch.
     """
-    model = modeling.load_model(tiny_base, "none")
-    gen = torch.Generator().manual_seed(0)
+    model = randomize(modeling.load_model(tiny_base, "none"))
+    out = tmp_path_factory.mktemp("lively_base")
+    model.save_pretrained(out)
+    modeling.load_tokenizer(tiny_base).save_pretrained(out)
+    return out
+
+
+def randomize(model, seed: int = 0):
+    """Larger random layer weights: varied answers instead of the default init's echo (see lively_base)."""
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, weight in model.named_parameters():
             if weight.dim() == 2 and "embed" not in name:
                 weight.copy_(torch.randn(weight.shape, generator=gen) * (0.25 if "self_attn" in name else 0.1))
-    out = tmp_path_factory.mktemp("lively_base")
-    model.save_pretrained(out)
-    modeling.load_tokenizer(tiny_base).save_pretrained(out)
+    return model
+
+
+@pytest.fixture(scope="module")
+def lively_base_64(tiny_tokenizer, tmp_path_factory):
+    """Like lively_base, 64 wide: bitsandbytes' 4-bit blocks need it."""
+    from stages.params import TinyModelParams
+
+    cfg = TinyModelParams(hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1)
+    out = tmp_path_factory.mktemp("lively_base_64")
+    randomize(modeling.build_tiny_model(cfg, tiny_tokenizer)).save_pretrained(out)
+    tiny_tokenizer.save_pretrained(out)
     return out
 
 
@@ -111,6 +128,59 @@ def test_batch_stats_ignores_masked_vocabulary_and_fp16_logits():
     stats = evaluation.batch_stats(logits.half(), torch.tensor([[-100, 1]]))
     assert stats["entropy"] == pytest.approx(math.log(2))  # 0 * log 0 counts 0, not NaN
     assert stats["nll"] == pytest.approx(math.log(2)) and stats["tokens"] == 1
+
+
+def random_logits_with_inf(tokens=53, vocab=301, seed=0):
+    """fp32 logits with a masked (-inf) part of the vocabulary in every row, and finite targets."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(tokens, vocab, generator=gen) * 4
+    logits[torch.rand(tokens, vocab, generator=gen) < 0.3] = -math.inf
+    logits[:5, 7:] = -math.inf  # rows with only a few allowed tokens: low entropy
+    targets = torch.randint(0, vocab, (tokens,), generator=gen)
+    targets[:5] = torch.randint(0, 7, (5,), generator=gen)
+    logits[torch.arange(tokens), targets] = torch.randn(tokens, generator=gen)
+    return logits, targets
+
+
+def naive_stats(logits, targets):
+    """Independent reference: torch's cross-entropy, softmax entropy with 0 * log 0 taken as 0."""
+    log_probs = torch.log_softmax(logits.double(), -1)
+    probs = log_probs.exp()
+    return {"nll": torch.nn.functional.cross_entropy(logits.double(), targets, reduction="sum").item(),
+            "entropy": -(probs * log_probs.nan_to_num(neginf=0.0)).sum().item(),
+            "correct": int((logits.argmax(-1) == targets).sum()), "tokens": len(targets)}
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 52, 53, 1000])
+def test_chunked_stats_equal_unchunked_on_logits_with_inf(chunk):
+    logits, targets = random_logits_with_inf()
+    probs = logits.softmax(-1)
+    assert torch.isnan(-(probs * probs.log()).sum(-1)).any()  # the -inf entries bite a careless entropy
+    whole = evaluation.logit_stats(logits, targets)
+    chunked = evaluation.chunked_stats(logits, targets, lambda rows: rows, chunk)
+    assert chunked["tokens"] == whole["tokens"] == len(targets) and chunked["correct"] == whole["correct"]
+    for key in ("nll", "entropy"):
+        assert math.isfinite(chunked[key])
+        assert chunked[key] == pytest.approx(whole[key], abs=1e-5 * len(targets)), key
+    reference = naive_stats(logits, targets)
+    assert whole["correct"] == reference["correct"]
+    for key in ("nll", "entropy"):
+        assert whole[key] / len(targets) == pytest.approx(reference[key] / len(targets), abs=1e-5), key
+
+
+def test_chunked_stats_comparison_sees_a_lost_token():
+    """Negative control for the test above: a chunking that skips one token is far outside 1e-5."""
+    logits, targets = random_logits_with_inf()
+    whole = evaluation.logit_stats(logits, targets)
+    lossy = evaluation.chunked_stats(logits[:-1], targets[:-1], lambda rows: rows, 7)
+    assert abs(lossy["nll"] - whole["nll"]) > 1e-3 and abs(lossy["entropy"] - whole["entropy"]) > 1e-3
+
+
+def test_chunk_tokens_bounds_the_memory_of_a_chunk():
+    per_token = 151_936 * 4 * 4  # Qwen2's vocabulary, four fp32 [tokens, vocab] tensors
+    tokens = evaluation.chunk_tokens(151_936)
+    assert tokens * per_token <= evaluation.CHUNK_BYTES < (tokens + 1) * per_token
+    assert evaluation.chunk_tokens(10**9) == 1
 
 
 def test_summarize_stats_caps_perplexity_and_survives_no_tokens():
@@ -185,6 +255,60 @@ def test_response_metrics_through_a_fresh_lora_adapter_equals_the_base(lively_mo
         assert tuned[key] == pytest.approx(base[key], abs=1e-6), key
 
 
+def full_logits_metrics(model, tokenizer, conversations, batch_size, max_length):
+    """The old way: the model's own [batch, length, vocab] logits, then batch_stats. Same batches."""
+    examples = [evaluation.encode_example(tokenizer, c, max_length) for c in conversations]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    total = {"nll": 0.0, "entropy": 0.0, "correct": 0, "tokens": 0}
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = evaluation.pad_batch([examples[i] for i in order[start : start + batch_size]],
+                                         tokenizer.pad_token_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            for key, value in evaluation.batch_stats(logits, batch["labels"]).items():
+                total[key] += value
+    return evaluation.summarize_stats(total)
+
+
+@pytest.mark.parametrize("kind", ["none", "8bit", "4bit", "lora on 8bit"])
+def test_response_metrics_from_hidden_states_equal_the_full_logits(lively_base_64, tiny_tokenizer, kind):
+    """Backbone + output layer in chunks gives the model's own logits' figures, for plain, quantized and
+    peft-wrapped models; a LoRA adapter with random B must change them (it is applied, not bypassed)."""
+    conversations = prompts.conversations(raw_rows(10))
+    model = modeling.load_model(lively_base_64, kind.split()[-1])
+    if kind.startswith("lora"):
+        from peft import LoraConfig, get_peft_model
+
+        before = evaluation.response_metrics(model, tiny_tokenizer, conversations, 4, 512)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # a trained-looking adapter: B is 0 at initialisation
+            for name, weight in model.named_parameters():
+                if "lora_B" in name:
+                    weight.copy_(torch.randn(weight.shape, generator=gen) * 0.5)
+    got = evaluation.response_metrics(model, tiny_tokenizer, conversations, 4, 512)
+    expected = full_logits_metrics(model, tiny_tokenizer, conversations, 4, 512)
+    assert got["response_tokens"] == expected["response_tokens"] > 100
+    for key in ("eval_loss", "mean_token_accuracy", "entropy"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-5), key
+    if kind.startswith("lora"):
+        assert abs(got["eval_loss"] - before["eval_loss"]) > 1e-3  # 100x the tolerance above
+
+
+def test_response_metrics_never_builds_batch_by_vocab_logits(lively_model, tiny_tokenizer, monkeypatch):
+    """The output layer only ever sees one chunk of response positions, never [batch, length, hidden]."""
+    monkeypatch.setattr(evaluation, "CHUNK_BYTES", 16 * 2**10)  # a few tokens per chunk at this vocabulary
+    chunk = evaluation.chunk_tokens(lively_model.get_output_embeddings().out_features)
+    seen = []
+    hook = lively_model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    try:
+        evaluation.response_metrics(lively_model, tiny_tokenizer, prompts.conversations(raw_rows(6)), 6, 512)
+    finally:
+        hook.remove()
+    assert 1 < chunk < 8 and len(seen) > 10
+    assert all(len(shape) == 2 and shape[0] <= chunk for shape in seen), seen[:3]
+
+
 # ---------------------------------------------------------------- generation
 
 
@@ -234,6 +358,71 @@ def test_batched_generation_equals_one_by_one_8bit(lively_base, tiny_tokenizer, 
     alone = evaluation.generate(model, tiny_tokenizer, prompts_of_six_lengths, 1, 16)
     assert batched == alone
     assert len({r["text"] for r in batched}) == 6
+
+
+# Qwen2-0.5B-Instruct's generation_config.json: sampling settings a greedy evaluation must not inherit.
+QWEN_GENERATION = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
+
+
+@pytest.fixture(scope="module")
+def qwen_configured_base(lively_base, tmp_path_factory):
+    """lively_base with Qwen2-0.5B-Instruct's generation_config.json, as a local model directory."""
+    from transformers import GenerationConfig
+
+    out = tmp_path_factory.mktemp("qwen_configured")
+    model = modeling.load_model(lively_base, "none")
+    model.generation_config = GenerationConfig(**QWEN_GENERATION, eos_token_id=model.generation_config.eos_token_id,
+                                               pad_token_id=model.generation_config.pad_token_id)
+    model.save_pretrained(out)
+    modeling.load_tokenizer(lively_base).save_pretrained(out)
+    return out
+
+
+def test_greedy_ignores_the_models_generation_config(qwen_configured_base, tiny_tokenizer, prompts_of_six_lengths):
+    model = modeling.load_model(qwen_configured_base, "none")
+    assert model.generation_config.repetition_penalty == 1.1 and model.generation_config.do_sample
+    convs = prompts_of_six_lengths
+    got = evaluation.generate(model, tiny_tokenizer, convs, batch_size=3, max_new_tokens=24)
+    assert got == [greedy_without_cache(model, tiny_tokenizer, c, 24) for c in convs]
+
+    # Negative control, the old call: do_sample=False, top_p/top_k cleared, but the model's
+    # repetition_penalty still applies, and the answers change.
+    tiny_tokenizer.padding_side = "left"
+    try:
+        old = []
+        for c in convs:
+            text = tiny_tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True)
+            batch = tiny_tokenizer([text], return_tensors="pt", add_special_tokens=False)
+            out = model.generate(**batch, max_new_tokens=24, do_sample=False, top_p=None, top_k=None, temperature=None,
+                                 eos_token_id=evaluation.end_token_ids(tiny_tokenizer))
+            old.append(out[0, batch["input_ids"].shape[1]:].tolist())
+    finally:
+        tiny_tokenizer.padding_side = "right"
+    new = [tiny_tokenizer(r["text"])["input_ids"] for r in got]
+    assert sum(o[: len(n)] != n for o, n in zip(old, new)) >= 2
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_settings_report_is_what_generate_uses(qwen_configured_base, tiny_tokenizer, do_sample):
+    """Every reported knob is the value transformers' generate() ends up with, though the model's own
+    generation_config says otherwise."""
+    model = modeling.load_model(qwen_configured_base, "none")
+    cfg = params.EvaluateParams(max_new_tokens=9, do_sample=do_sample, temperature=0.5, seed=4)
+    report = evaluation.settings_report(tiny_tokenizer, cfg)
+    for prefix, sample in [("generation.", False)] + [("generation.sampled.", True)] * do_sample:
+        config = evaluation.generation_config(max_new_tokens=9, eos_token_id=evaluation.end_token_ids(tiny_tokenizer),
+                                              pad_token_id=tiny_tokenizer.pad_token_id, do_sample=sample,
+                                              temperature=0.5)
+        effective, _ = model._prepare_generation_config(config)
+        settings = {k.removeprefix(prefix): v for k, v in report.items()
+                    if k.startswith(prefix) and "." not in k.removeprefix(prefix) and k != "generation.sampled.seed"}
+        assert settings["repetition_penalty"] == 1.0 and settings["do_sample"] is sample
+        assert settings["max_new_tokens"] == 9 and settings["num_beams"] == 1
+        for key, value in settings.items():
+            assert getattr(effective, key) == value, key
+        if sample:
+            assert (effective.temperature, effective.top_k, effective.top_p) == (0.5, 0, 1.0)
+    assert ("generation.sampled.seed" in report) is do_sample
 
 
 @contextlib.contextmanager
@@ -376,6 +565,17 @@ def test_side_by_side_pairs_rows_and_refuses_other_rows():
         evaluate.side_by_side(outputs([3, 7]), outputs([3, 8]))
     with pytest.raises(ValueError):
         evaluate.side_by_side(outputs([3, 7]), outputs([3]))
+
+
+def test_same_generation_refuses_base_answers_made_otherwise(tiny_tokenizer):
+    cfg = params.EvaluateParams(max_new_tokens=8)
+    settings = evaluation.settings_report(tiny_tokenizer, cfg)
+    assert evaluate.same_generation(dict(settings), settings) == settings
+    other = evaluation.settings_report(tiny_tokenizer, params.EvaluateParams(max_new_tokens=9))
+    with pytest.raises(ValueError, match=r"other settings \(generation.max_new_tokens\).*evaluate_base"):
+        evaluate.same_generation(other, settings)
+    with pytest.raises(ValueError, match="evaluate_base"):  # a base.json from before settings were recorded
+        evaluate.same_generation({}, settings)
 
 
 # ---------------------------------------------------------------- one model, the whole evaluation
