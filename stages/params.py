@@ -184,6 +184,8 @@ class TrainParams:
     eval_steps: int = 0
     """Evaluate every N steps; 0 evaluates once per epoch, as the reference reported."""
     seed: int = 42
+    num_processes: int = 1
+    """Data-parallel processes (GPUs, or CPU processes with gloo); the effective batch stays batch_size * grad_accum."""
     lora: LoraParams = field(default_factory=LoraParams)
 
     def check(self, bad: list[str]) -> None:
@@ -207,6 +209,11 @@ class TrainParams:
         if self.lr_scheduler not in LR_SCHEDULERS:
             bad.append(f"train.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
         _check_seed("train.seed", self.seed, bad)
+        if self.num_processes < 1:
+            bad.append(f"train.num_processes must be >= 1, got {self.num_processes}")
+        elif self.batch_size >= 1 and self.grad_accum >= 1 and (self.batch_size * self.grad_accum) % self.num_processes:
+            bad.append(f"train.num_processes ({self.num_processes}) must divide the effective batch, train.batch_size * "
+                       f"train.grad_accum = {self.batch_size} * {self.grad_accum}, so each process gets an equal share")
         self.lora.check(bad)
 
 
