@@ -8,14 +8,16 @@ import os
 import re
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 
 FINGERPRINT_FILE = "fingerprint.json"
 TRAINER_STATE = "trainer_state.json"
-# What Trainer writes for a single-device LoRA run; a checkpoint missing any of them is not resumable
+RNG_STATE = "rng_state.pth"
+# What Trainer writes for a single-process LoRA run; a checkpoint missing any of them is not resumable
 # (without rng_state.pth dropout would draw differently from an uninterrupted run).
 REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json", TRAINER_STATE,
-                  "optimizer.pt", "scheduler.pt", "rng_state.pth")
+                  "optimizer.pt", "scheduler.pt", RNG_STATE)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -55,23 +57,35 @@ def _state(checkpoint: Path) -> dict | None:
         return None
 
 
-def missing_files(checkpoint: str | os.PathLike) -> list[str]:
-    """Required files that are absent or empty, and trainer_state.json if it is not whole.
+def required_files(processes: int = 1) -> tuple[str, ...]:
+    """REQUIRED_FILES of a run of `processes` processes: with several, each writes its own rng_state_<rank>.pth."""
+    if processes == 1:
+        return REQUIRED_FILES
+    ranks = tuple(f"rng_state_{rank}.pth" for rank in range(processes))
+    return tuple(n for n in REQUIRED_FILES if n != RNG_STATE) + ranks
 
-    Trainer writes trainer_state.json last, so a valid one for this step means the files before it
-    were written completely.
+
+def missing_files(checkpoint: str | os.PathLike, processes: int = 1) -> list[str]:
+    """Required files that are absent or empty, and trainer_state.json or an RNG state if it is not whole.
+
+    The main process writes trainer_state.json after its other files, so a valid one for this step means
+    those were written completely. The other processes write their RNG states in no order with it: those
+    must be whole zip archives (torch.save's format; one cut short lacks the closing record).
     """
     checkpoint = Path(checkpoint)
-    missing = [n for n in REQUIRED_FILES if not (checkpoint / n).is_file() or (checkpoint / n).stat().st_size == 0]
+    names = required_files(processes)
+    missing = [n for n in names if not (checkpoint / n).is_file() or (checkpoint / n).stat().st_size == 0]
     if TRAINER_STATE not in missing:
         state = _state(checkpoint)
         if not isinstance(state, dict) or state.get("global_step") != step_of(checkpoint):
             missing.append(f"{TRAINER_STATE} (truncated or for another step)")
+    missing += [f"{n} (truncated)" for n in names
+                if n.startswith("rng_state") and n not in missing and not zipfile.is_zipfile(checkpoint / n)]
     return missing
 
 
-def is_complete(checkpoint: str | os.PathLike) -> bool:
-    return Path(checkpoint).is_dir() and not missing_files(checkpoint)
+def is_complete(checkpoint: str | os.PathLike, processes: int = 1) -> bool:
+    return Path(checkpoint).is_dir() and not missing_files(checkpoint, processes)
 
 
 def last_logged(checkpoint: str | os.PathLike, key: str):
@@ -87,8 +101,8 @@ def is_final(checkpoint: str | os.PathLike) -> bool:
     return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
-def latest_complete(output_dir: str | os.PathLike, below: int | None = None) -> Path | None:
-    """The highest-step checkpoint (under step `below`, if given) with every file present.
+def latest_complete(output_dir: str | os.PathLike, below: int | None = None, processes: int = 1) -> Path | None:
+    """The highest-step checkpoint (under step `below`, if given) with every file of a `processes`-process run.
 
     Incomplete ones are skipped with a warning; names other than checkpoint-<digits> are ignored.
     """
@@ -101,7 +115,7 @@ def latest_complete(output_dir: str | os.PathLike, below: int | None = None) -> 
         reverse=True,
     )
     for _, checkpoint in found:
-        missing = missing_files(checkpoint)
+        missing = missing_files(checkpoint, processes)
         if not missing:
             return checkpoint
         warnings.warn(f"skipping incomplete checkpoint {checkpoint} (missing or empty: {', '.join(missing)})",
@@ -147,8 +161,8 @@ def _row_step(line: str) -> int | None:
         return None
 
 
-def resume_point(output_dir: str | os.PathLike, run_id: str) -> Path | None:
-    """Where to resume this run from; clears checkpoints left by a run with other settings or inputs."""
+def resume_point(output_dir: str | os.PathLike, run_id: str, processes: int = 1) -> Path | None:
+    """Where to resume this run (of `processes` processes) from; clears checkpoints of other settings or inputs."""
     output_dir = Path(output_dir)
     stamp = output_dir / FINGERPRINT_FILE
     try:
@@ -164,10 +178,10 @@ def resume_point(output_dir: str | os.PathLike, run_id: str) -> Path | None:
         tmp.write_text(json.dumps({"fingerprint": run_id}) + "\n")
         os.replace(tmp, stamp)
         return None
-    checkpoint = latest_complete(output_dir)
+    checkpoint = latest_complete(output_dir, processes=processes)
     if checkpoint is not None and is_final(checkpoint):
         # Trainer resumed at its last step still takes one more optimizer step (a mid-epoch max_steps);
         # redo the last stretch from the checkpoint before instead, which ends exactly where it should.
         print(f"train: {checkpoint} ends a finished run; redoing the steps after the checkpoint before it")
-        checkpoint = latest_complete(output_dir, below=step_of(checkpoint))
+        checkpoint = latest_complete(output_dir, below=step_of(checkpoint), processes=processes)
     return checkpoint

@@ -207,8 +207,16 @@ class TrainParams:
     """Evaluate every N steps; 0 evaluates once per epoch, as the reference reported."""
     seed: int = rule(42, SEED)
     """Seed for LoRA initialisation, data order and dropout."""
+    num_processes: int = rule(1, ">= 1")
+    """Data-parallel processes (GPUs, or CPU processes with gloo); the effective batch stays batch_size * grad_accum."""
     lora: LoraParams = field(default_factory=LoraParams)
     """The LoRA adapter's shape."""
+
+    def check(self, bad: list[str]) -> None:
+        if self.num_processes >= 1 and self.batch_size >= 1 and self.grad_accum >= 1 and \
+                (self.batch_size * self.grad_accum) % self.num_processes:
+            bad.append(f"train.num_processes ({self.num_processes}) must divide the effective batch, train.batch_size * "
+                       f"train.grad_accum = {self.batch_size} * {self.grad_accum}, so each process gets an equal share")
 
 
 @dataclass

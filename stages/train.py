@@ -10,13 +10,19 @@ The recipe, in main():
    the validation split, and its last result is reused when it covered the final step.
 3. save: the adapter (and tokenizer) atomically; metrics/train.json holds what the run learned
    (losses, steps, tokens: the same bytes when rerun), metrics/train_speed.json how fast it went.
+
+With train.num_processes > 1, main() first starts itself again under `accelerate launch` (torchrun:
+one process per GPU with NCCL, or CPU processes with gloo), each process on its share of every
+optimizer step's batch; only the main process clears checkpoints, logs and writes outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -48,13 +54,14 @@ def sft_config(p: params.Params, dtype: torch.dtype):
 
     t = p.train
     on_gpu = torch.cuda.is_available()
+    batch_size, grad_accum = per_process_batch(t)
     return SFTConfig(
         output_dir=CHECKPOINT_DIR,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        gradient_accumulation_steps=grad_accum,
         learning_rate=p.lr,
         optim=t.optim,
         weight_decay=t.weight_decay,
@@ -77,6 +84,7 @@ def sft_config(p: params.Params, dtype: torch.dtype):
         seed=t.seed,
         data_seed=t.seed,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # LoRA uses every trainable weight in each forward: skip DDP's search
     )
 
 
@@ -162,6 +170,109 @@ def final_evaluation(trainer) -> dict:
     return at_end[-1] if at_end else trainer.evaluate()
 
 
+# ---------------------------------------------------------------- several processes
+
+
+def per_process_batch(t: params.TrainParams) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) so that an optimizer step still sees batch_size * grad_accum examples.
+
+    Each of train.num_processes processes takes an equal share (params checks it divides). The accumulation
+    is divided when it can be (batch 2 x accum 4 on 2 processes: 2 x 2 each); otherwise the per-device
+    batch shrinks, never grows (memory), to the largest size that divides the share (2 x 1 on 2: 1 x 1).
+    Every process draws from the same seeded order, so a step covers the same examples at any count.
+    """
+    share = t.batch_size * t.grad_accum // t.num_processes
+    batch = max(b for b in range(1, t.batch_size + 1) if share % b == 0)
+    return batch, share // batch
+
+
+def launched() -> bool:
+    """Whether a launcher (accelerate launch --multi_gpu, torchrun) started this process as one of its set."""
+    return "WORLD_SIZE" in os.environ
+
+
+def processes_started() -> int:
+    """How many processes a launcher started (torchrun's WORLD_SIZE), 1 under plain `python -m stages.train`."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launch_command(processes: int) -> list[str]:
+    """`accelerate launch` of this stage on this machine. --multi_gpu selects torchrun, which also runs CPU
+    processes (the stage sets use_cpu, so accelerate picks gloo); port 0: a free one, so runs never collide.
+    Precision is the stage's own (train.precision), so accelerate's is left at no."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+            "--num_processes", str(processes), "--main_process_port", "0", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "-m", "stages.train"]
+
+
+def cpu_threads(processes: int, cores: int, requested: int | None) -> int:
+    """Threads per CPU process: the cores shared out (2 processes on 2 cores: 1 each), never above OMP_NUM_THREADS."""
+    share = max(1, cores // processes)
+    return min(share, requested) if requested else share
+
+
+LAUNCHER_PID = "TRAIN_LAUNCHER_PID"
+
+
+def relaunch(processes: int) -> None:
+    """Replace this process (DVC's child: Ctrl-C and SIGTERM reach it) with accelerate's launcher, which
+    starts `processes` copies of the stage and stops them all when it is stopped."""
+    env = {**os.environ, LAUNCHER_PID: str(os.getpid())}  # the launcher keeps this pid
+    if not torch.cuda.is_available():
+        requested = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else None
+        env["OMP_NUM_THREADS"] = str(cpu_threads(processes, len(os.sched_getaffinity(0)), requested))
+    command = launch_command(processes)
+    print(f"train: starting {processes} processes: accelerate launch {' '.join(command[3:])}", flush=True)
+    sys.stderr.flush()
+    os.execve(sys.executable, command, env)
+
+
+def die_with_launcher() -> None:
+    """torchrun starts each process in a session of its own, so a launcher killed outright (SIGKILL, where
+    it cannot stop them first) would leave them training and writing beside the rerun: on Linux, ask the
+    kernel to kill this process with its parent, and stop now if that parent is already gone."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.environ.get(LAUNCHER_PID) not in (None, str(os.getppid())):
+        sys.exit("train: error: the launcher died while this process started")
+
+
+def check_process_count(t: params.TrainParams) -> None:
+    """A launch by hand must match params: dvc.lock records train.num_processes, and the batch split follows it."""
+    started = processes_started()
+    if started != t.num_processes:
+        raise params.ParamsError(
+            f"{params.PARAMS_FILE}: 1 problem(s):\n  train.num_processes is {t.num_processes}, but the launcher started "
+            f"{started} processes: set train.num_processes: {started}, or run `python -m stages.train` (or dvc repro), "
+            "which starts train.num_processes processes itself")
+
+
+def processes_note(t: params.TrainParams) -> str:
+    """For the start line: the process count, backend and CPU threads (empty for one process)."""
+    if t.num_processes == 1:
+        return ""
+    batch, accum = per_process_batch(t)
+    threads = "" if torch.cuda.is_available() else f", {torch.get_num_threads()} thread(s) each"
+    return (f"{t.num_processes} processes ({torch.distributed.get_backend()}{threads}; batch {batch} x accum {accum} "
+            f"each = {t.batch_size * t.grad_accum} per step), ")
+
+
+def is_main(args) -> bool:
+    """The one process (of all machines) that clears checkpoints, logs and writes outputs."""
+    return args.process_index == 0
+
+
+def from_main(args, fn, *fn_args):
+    """fn(*fn_args), run on the main process only, its result handed to every process."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([fn(*fn_args) if is_main(args) else None])[0]
+
+
 # ---------------------------------------------------------------- library workarounds
 # Written for trl 1.16.0, peft 0.21.2 and transformers 5.24.0: delete each one when its library fixes it.
 
@@ -212,14 +323,17 @@ def build(p: params.Params) -> Run:
 
     dtype = modeling.compute_dtype(p.train.precision)
     args = checked_sft_config(p, dtype)  # before checkpoints are cleared: a typo must not cost a run
-    resume_from = checkpoints.resume_point(CHECKPOINT_DIR, run_id(p))
-    if resume_from:
+    main = is_main(args)
+    resume_from = from_main(args, lambda: checkpoints.resume_point(CHECKPOINT_DIR, run_id(p), p.train.num_processes))
+    if resume_from and main:
         checkpoints.rewind_live(LIVE_DIR, checkpoints.step_of(resume_from))  # rows logged after the checkpoint
     tokenizer = modeling.load_tokenizer(BASE_DIR)
     model = modeling.load_model(BASE_DIR, p.model.quantization, dtype)
     if p.model.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.train.gradient_checkpointing)
-    live = Live(dir=LIVE_DIR, resume=resume_from is not None, save_dvc_exp=False, dvcyaml=None)
+    # DVCLiveCallback logs on the main process only (elsewhere, without a Live, it does nothing); a Live
+    # on every process would also clear, resume and end the same directory from each of them
+    live = Live(dir=LIVE_DIR, resume=resume_from is not None, save_dvc_exp=False, dvcyaml=None) if main else None
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -232,8 +346,9 @@ def build(p: params.Params) -> Run:
     keep_lora_weights_fp32(trainer.model)
     tokens_before = int(checkpoints.last_logged(resume_from, "num_tokens") or 0) if resume_from else 0
     restore_token_count(trainer, tokens_before)
-    print(f"train: {modeling.device()}, {dtype}, base {p.model.base} ({p.model.quantization}), lr {p.lr:g}"
-          + (f", resuming from {resume_from}" if resume_from else ""))
+    if main:
+        print(f"train: {modeling.device()}, {dtype}, {processes_note(p.train)}base {p.model.base} "
+              f"({p.model.quantization}), lr {p.lr:g}" + (f", resuming from {resume_from}" if resume_from else ""))
     return Run(trainer, live, tokenizer, resume_from, tokens_before)
 
 
@@ -248,7 +363,8 @@ def fit(run: Run, p: params.Params) -> tuple[dict, dict]:
         raise modeling.ModelError(oom_advice(p.train, p.prepare.max_length)) from e
     seconds = time.time() - start
     final_eval = final_evaluation(trainer)
-    run.live.end()
+    if run.live is not None:
+        run.live.end()
 
     state = trainer.state
     logged = [h for h in state.log_history if "loss" in h]
@@ -270,11 +386,14 @@ def fit(run: Run, p: params.Params) -> tuple[dict, dict]:
         "tokens_per_second": round((tokens - run.tokens_before) / max(seconds, 1e-9), 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "device": modeling.device(),
+        "processes": p.train.num_processes,
     }
     return learned, speed
 
 
 def save(run: Run, p: params.Params, learned: dict, speed: dict) -> None:
+    if not is_main(run.trainer.args):
+        return
     model = run.trainer.model
     model.peft_config["default"].base_model_name_or_path = p.model.base
     with io.atomic_path(ADAPTER_OUT) as tmp:
@@ -289,6 +408,11 @@ def save(run: Run, p: params.Params, learned: dict, speed: dict) -> None:
 
 def main() -> None:
     p = params.load("lr", "prepare", "model", "train")
+    if launched():
+        die_with_launcher()
+    elif p.train.num_processes > 1:
+        relaunch(p.train.num_processes)  # does not return
+    check_process_count(p.train)
     run = build(p)
     learned, speed = fit(run, p)
     save(run, p, learned, speed)

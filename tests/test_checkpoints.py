@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,17 @@ SETTINGS = {"lr": 1e-5, "train": {"max_steps": 12, "lora": {"r": 8}}}
 
 
 def make_checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), name: str | None = None,
-                    max_steps: int = 100) -> Path:
-    """A fake checkpoint-N with every file Trainer writes (non-empty), minus `skip`."""
+                    max_steps: int = 100, processes: int = 1) -> Path:
+    """A fake checkpoint-N with every file Trainer writes for `processes` processes (non-empty), minus `skip`."""
     path = root / (name or f"checkpoint-{step}")
     path.mkdir(parents=True)
-    for file in checkpoints.REQUIRED_FILES:
+    for file in checkpoints.required_files(processes):
         if file in skip:
             continue
-        if file == checkpoints.TRAINER_STATE:
+        if file.startswith("rng_state"):
+            with zipfile.ZipFile(path / file, "w") as z:  # torch.save's format
+                z.writestr("data.pkl", b"x" * 64)
+        elif file == checkpoints.TRAINER_STATE:
             state = {"global_step": step, "max_steps": max_steps, "log_history": [{"step": s, "loss": 6.0 - s / 100, "num_tokens": 100 * s}
                                                           for s in range(1, step + 1)]}
             (path / file).write_text(json.dumps(state))
@@ -147,6 +151,53 @@ def test_non_numeric_suffix_is_ignored(tmp_path, name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert checkpoints.latest_complete(tmp_path) == tmp_path / "checkpoint-4"
+
+
+# ---------------------------------------------------------------- several processes: one RNG state per rank
+
+def test_required_files_per_process_count():
+    assert "rng_state.pth" in checkpoints.required_files(1)
+    three = checkpoints.required_files(3)
+    assert [n for n in three if n.startswith("rng_state")] == ["rng_state_0.pth", "rng_state_1.pth", "rng_state_2.pth"]
+    assert set(three) - {"rng_state_0.pth", "rng_state_1.pth", "rng_state_2.pth"} == \
+        set(checkpoints.REQUIRED_FILES) - {"rng_state.pth"}
+
+
+@pytest.mark.parametrize("missing", ["rng_state_0.pth", "rng_state_1.pth"])
+def test_multi_process_checkpoint_needs_every_ranks_rng_state(tmp_path, missing):
+    make_checkpoint(tmp_path, 4, processes=2)
+    make_checkpoint(tmp_path, 8, processes=2, skip=(missing,))
+    with pytest.warns(UserWarning, match=rf"checkpoint-8.*{missing}"):
+        assert checkpoints.latest_complete(tmp_path, processes=2) == tmp_path / "checkpoint-4"
+
+
+@pytest.mark.parametrize("written_by, read_as", [(1, 2), (2, 1), (2, 3)])
+def test_checkpoint_of_another_process_count_is_incomplete(tmp_path, written_by, read_as):
+    checkpoint = make_checkpoint(tmp_path, 4, processes=written_by)
+    assert checkpoints.is_complete(checkpoint, processes=written_by)
+    assert not checkpoints.is_complete(checkpoint, processes=read_as)
+
+
+@pytest.mark.parametrize("processes, name", [(1, "rng_state.pth"), (2, "rng_state_1.pth")])
+def test_rng_state_cut_short_is_incomplete(tmp_path, processes, name):
+    """Other ranks write their RNG state in no order with the main one's trainer_state.json: a kill can cut it."""
+    make_checkpoint(tmp_path, 4, processes=processes)
+    newer = make_checkpoint(tmp_path, 8, processes=processes)
+    assert checkpoints.is_complete(newer, processes)  # the whole archive passes
+    whole = (newer / name).read_bytes()
+    (newer / name).write_bytes(whole[:len(whole) - 10])  # non-empty, but without its closing record
+    assert checkpoints.missing_files(newer, processes) == [f"{name} (truncated)"]
+    with pytest.warns(UserWarning, match=rf"checkpoint-8.*{name} \(truncated\)"):
+        assert checkpoints.latest_complete(tmp_path, processes=processes) == tmp_path / "checkpoint-4"
+
+
+def test_resume_point_checks_the_run_process_count(tmp_path):
+    out = tmp_path / "checkpoints"
+    checkpoints.resume_point(out, "run-a", processes=2)
+    make_checkpoint(out, 4, processes=2)
+    make_checkpoint(out, 8, processes=2, skip=("rng_state_1.pth",))
+    with pytest.warns(UserWarning, match=r"checkpoint-8.*rng_state_1\.pth"):
+        assert checkpoints.resume_point(out, "run-a", processes=2) == out / "checkpoint-4"
 
 
 def test_step_of_and_last_logged(tmp_path):

@@ -110,6 +110,7 @@ BAD = [
     ({"train": {"gradient_checkpointing": 1}}, ["train"],
      ["train.gradient_checkpointing must be true or false, got 1"]),
     ({"train": {"seed": -1}}, ["train"], ["train.seed must be in [0, 2**32), got -1"]),
+    ({"train": {"num_processes": 0}}, ["train"], ["train.num_processes must be >= 1, got 0"]),
     ({"train": {"lora": {"r": 0}}}, ["train"], ["train.lora.r must be >= 1, got 0"]),
     ({"train": {"lora": {"alpha": 0}}}, ["train"], ["train.lora.alpha must be > 0, got 0"]),
     ({"train": {"lora": {"dropout": 1}}}, ["train"], ["train.lora.dropout must be in [0, 1), got 1"]),
