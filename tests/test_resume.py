@@ -84,7 +84,9 @@ def latest(project: Path) -> Path | None:
 
 
 def metrics(project: Path) -> dict:
-    return json.loads((project / "metrics/train.json").read_text())
+    """What the run learned, and how it ran (resumed_from_step lives with the timings)."""
+    learned = json.loads((project / "metrics/train.json").read_text())
+    return {**learned, "resumed_from_step": json.loads((project / "metrics/train_speed.json").read_text())["resumed_from_step"]}
 
 
 def adapter(project: Path) -> dict:
