@@ -44,6 +44,8 @@ class PrepareParams:
     """Rows sampled after cleaning (all of them when fewer survive)."""
     test_fraction: float = 0.2
     """Share of sampled rows held out for evaluation."""
+    val_fraction: float = 0.05
+    """Share of sampled rows (of all, not of the rest) for validation during training, taken from the non-test rows."""
     seed: int = 42
     """Seed for sampling and splitting."""
     max_length: int = 512
@@ -58,6 +60,11 @@ class PrepareParams:
             bad.append(f"prepare.n must be >= 2 (at least one train and one test row), got {self.n}")
         if not 0 < self.test_fraction < 1:
             bad.append(f"prepare.test_fraction must be in (0, 1), got {_fmt(self.test_fraction)}")
+        if not 0 < self.val_fraction < 1:  # training evaluates on val: it cannot be empty
+            bad.append(f"prepare.val_fraction must be in (0, 1) (training evaluates on the val split), got {_fmt(self.val_fraction)}")
+        elif 0 < self.test_fraction < 1 and self.test_fraction + self.val_fraction >= 1:
+            bad.append(f"prepare.val_fraction + prepare.test_fraction must be < 1 (the rest is train), "
+                       f"got {_fmt(self.val_fraction)} + {_fmt(self.test_fraction)}")
         _check_seed("prepare.seed", self.seed, bad)
         if self.max_length < 8:
             bad.append(f"prepare.max_length must be >= 8, got {self.max_length}")
