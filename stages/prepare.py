@@ -114,30 +114,13 @@ def clean(
     rows = pa.table({"instruction": _arrow(frame["instruction"]).take(take), "input": inputs.take(take),
                      "output": _arrow(frame["output"]).take(take)}).to_pandas()
     group, keys = _factorize(prompts.prompt_identities(rows))
-    order = np.lexsort((np.arange(len(group)), group))  # rows by prompt, then file order
-    starts = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1] if len(group) else np.zeros(0, dtype=int)
-    sizes = np.diff(np.r_[starts, len(group)])
-    rank = np.empty(len(group), dtype=int)  # position of a row among its prompt's rows
-    rank[order] = np.arange(len(group)) - np.repeat(starts, sizes)
-
-    picker = _Picker(rows, group, rank, lengths, max_length, too_long)
+    picker = _Picker(rows, group, lengths, max_length, too_long)
     if lengths is None or n is None or n >= len(keys):
         checked = picker.check_all()
     else:
-        checked = picker.check_drawn(np.argsort(draw_keys(keys, seed), kind="stable"), np.bincount(group) > 1, n)
-
-    # Per checked prompt: rows before its kept one were too long; those after repeat it or conflict.
-    position = np.arange(len(rows))
-    chosen = picker.kept_at[group]
-    later = np.flatnonzero((chosen >= 0) & (position > chosen))
-    same_output = rows["output"].iloc[later].to_numpy(dtype=object) == \
-        rows["output"].iloc[chosen[later]].to_numpy(dtype=object)
-    sub = np.full(len(rows), None, dtype=object)
-    sub[checked[group] & ((chosen == -1) | (position < chosen))] = "too_long"
-    sub[later[same_output]] = "duplicate"
-    sub[later[~same_output]] = "conflicting_output"
-    reasons[usable] = sub
-    keeper = np.sort(picker.kept_at[checked & (picker.kept_at >= 0)])
+        checked = picker.check_drawn(np.argsort(draw_keys(keys, seed), kind="stable"), n)
+    reasons[usable] = picker.reasons(checked)
+    keeper = picker.kept_rows(checked)
 
     kept = frame.iloc[usable[keeper]].reset_index(drop=True)
     kept["input"] = rows["input"].iloc[keeper].to_numpy(dtype=object)
@@ -156,10 +139,17 @@ def clean(
 
 
 class _Picker:
-    """Finds each prompt's kept row (kept_at, by prompt: row position, -1 none fits, -2 not yet checked)."""
+    """Finds each prompt's kept row (kept_at, by prompt: row position, -1 none fits, -2 not yet checked).
 
-    def __init__(self, rows, group, rank, lengths, max_length, too_long):
-        self.rows, self.group, self.rank = rows, group, rank
+    rows: the usable rows; group: each row's prompt (index into the distinct identities).
+    """
+
+    def __init__(self, rows: pd.DataFrame, group: np.ndarray, lengths, max_length: int, too_long: str):
+        self.rows, self.group = rows, group
+        order = np.lexsort((np.arange(len(group)), group))  # rows by prompt, then file order
+        starts = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1] if len(group) else np.zeros(0, dtype=int)
+        self.rank = np.empty(len(group), dtype=int)  # a row's place among its prompt's rows, 0 = first
+        self.rank[order] = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
         self.lengths, self.max_length, self.too_long = lengths, max_length, too_long
         self.kept_at = np.full(group.max() + 1 if len(group) else 0, -2)
         self.length = np.full(len(group), -1)  # measured (or bounded) tokens; -1 not measured
@@ -169,8 +159,9 @@ class _Picker:
         self.resolve(np.arange(len(self.kept_at)))
         return np.ones(len(self.kept_at), dtype=bool)
 
-    def check_drawn(self, draw: np.ndarray, multi: np.ndarray, n: int) -> np.ndarray:
+    def check_drawn(self, draw: np.ndarray, n: int) -> np.ndarray:
         """Every prompt with several rows, then the others in `draw` order until n prompts fit."""
+        multi = np.bincount(self.group, minlength=len(self.kept_at)) > 1
         self.resolve(np.flatnonzero(multi))
         done = 0
         while done < len(draw):
@@ -214,6 +205,23 @@ class _Picker:
             measured = self.lengths(rows.iloc[new].reset_index(drop=True))
             self.known.update(zip((keys[k] for k in new), (int(m) for m in measured)))
         return np.array([self.known[key] for key in keys], dtype=int)
+
+    def reasons(self, checked: np.ndarray) -> np.ndarray:
+        """Per row: too_long before its prompt's kept row (or when none fits), duplicate / conflicting_output
+        after it (same / other output), None for the kept row and rows of unchecked prompts."""
+        position = np.arange(len(self.group))
+        chosen = self.kept_at[self.group]
+        later = np.flatnonzero((chosen >= 0) & (position > chosen))
+        outputs = self.rows["output"]
+        same = outputs.iloc[later].to_numpy(dtype=object) == outputs.iloc[chosen[later]].to_numpy(dtype=object)
+        reasons = np.full(len(self.group), None, dtype=object)
+        reasons[checked[self.group] & ((chosen == -1) | (position < chosen))] = "too_long"
+        reasons[later[same]] = "duplicate"
+        reasons[later[~same]] = "conflicting_output"
+        return reasons
+
+    def kept_rows(self, checked: np.ndarray) -> np.ndarray:
+        return np.sort(self.kept_at[checked & (self.kept_at >= 0)])
 
     def measured_rows(self, checked: np.ndarray) -> int:
         return int(((self.length >= 0) & checked[self.group]).sum())
