@@ -61,7 +61,8 @@ class PrepareParams:
         if not 0 < self.test_fraction < 1:
             bad.append(f"prepare.test_fraction must be in (0, 1), got {_fmt(self.test_fraction)}")
         if not 0 < self.val_fraction < 1:  # training evaluates on val: it cannot be empty
-            bad.append(f"prepare.val_fraction must be in (0, 1) (training evaluates on the val split), got {_fmt(self.val_fraction)}")
+            bad.append(f"prepare.val_fraction must be in (0, 1) (training evaluates on the val split), "
+                       f"got {_fmt(self.val_fraction)}")
         elif 0 < self.test_fraction < 1 and self.test_fraction + self.val_fraction >= 1:
             bad.append(f"prepare.val_fraction + prepare.test_fraction must be < 1 (the rest is train), "
                        f"got {_fmt(self.val_fraction)} + {_fmt(self.test_fraction)}")

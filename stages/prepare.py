@@ -289,7 +289,8 @@ def check_drop_share(counts: dict, max_drop_fraction: float, source: str) -> Non
                        f"checked") if extra else (f"dropped {dropped}", "")
         raise io.DataError(
             f"{source}: cleaning {what} of {counts['rows_read']} rows "
-            f"({share:.0%} > prepare.max_drop_fraction {max_drop_fraction:.0%}{basis}); dropped: {_drop_summary(counts)}"
+            f"({share:.0%} > prepare.max_drop_fraction {max_drop_fraction:.0%}{basis}); "
+            f"dropped: {_drop_summary(counts)}"
         )
 
 
@@ -319,8 +320,9 @@ def main() -> None:
     io.write_parquet(VAL_OUT, val.astype("string"))
     io.write_parquet(TEST_OUT, test.astype("string"))
     io.write_json(METRICS_OUT, counts)
+    unchecked = f"{counts['rows_unchecked']} not needed for the sample, " if counts["rows_unchecked"] else ""
     print(f"prepare: {counts['rows_read']} read, {counts['dropped_total']} dropped ({_drop_summary(counts)}), "
-          f"{counts['rows_unchecked']} not needed, {len(train)} train / {len(val)} val / {len(test)} test")
+          f"{unchecked}{len(train)} train / {len(val)} val / {len(test)} test")
 
 
 if __name__ == "__main__":

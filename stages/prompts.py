@@ -83,7 +83,8 @@ _JOIN = normalise(user_text("a", "b"))[1:-1]
 def prompt_identities(frame: pd.DataFrame) -> pa.Array:
     """prompt_identity of every row (missing input as ""), each distinct text normalised once."""
     instructions, inputs = _normalised(frame["instruction"]), _normalised(frame["input"])
-    return pc.if_else(pc.equal(inputs, ""), instructions, pc.binary_join_element_wise(instructions, inputs, pa.scalar(_JOIN, pa.large_string())))
+    joined = pc.binary_join_element_wise(instructions, inputs, pa.scalar(_JOIN, pa.large_string()))
+    return pc.if_else(pc.equal(inputs, ""), instructions, joined)
 
 
 def _normalised(column: pd.Series) -> pa.Array:

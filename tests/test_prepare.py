@@ -203,7 +203,8 @@ def test_same_prompt_with_other_outputs_keeps_the_first_in_file_order():
 
 
 def test_case_punctuation_and_width_variants_are_one_prompt():
-    variants = [("NAME A BOND", "", "A treasury."), ("name a bond!", "", "A muni."), ("Ｎａｍｅ ａ ｂｏｎｄ", "", "A treasury.")]
+    variants = [("NAME A BOND", "", "A treasury."), ("name a bond!", "", "A muni."),
+                ("Ｎａｍｅ ａ ｂｏｎｄ", "", "A treasury.")]
     kept, counts = prepare.clean(frame_of(("Name a bond.", "", "A treasury."), *variants))
     assert rows_of(kept) == [("Name a bond.", "", "A treasury.")]
     assert only_drop(counts) == {"duplicate": 2, "conflicting_output": 1}  # same answer: a duplicate
@@ -320,7 +321,8 @@ def reference_clean(rows: list[tuple], length_of, max_length: int, too_long: str
 # Texts that hit every rule's edge: Unicode whitespace, dots and ellipses, filler spellings,
 # control characters, case and width variants of one prompt.
 EDGY = st.sampled_from([
-    "Define APR.", "define  apr", "ＤＥＦＩＮＥ ＡＰＲ", "Sum it", "sum it!", "Q", "", " ", "\t\n", "\u3000", "\x1c", "\x85",
+    "Define APR.", "define  apr", "ＤＥＦＩＮＥ ＡＰＲ", "Sum it", "sum it!", "Q",
+    "", " ", "\t\n", "\u3000", "\x1c", "\x85",
     "\u2028", "...", "…", ". .", "..x", "N/A", "n/a ", "İ/A", "<noinput>", "< no output >", "<nooutput>x",
     "ok\x00", "\x1b[0m", "\x7f", "x" * 30, "A cost.", "5",
 ])
@@ -445,7 +447,8 @@ def variant(draw, text: str) -> str:
     text = text.replace(" ", spaces)
     if draw(st.booleans()):
         text = "".join(FULLWIDTH.get(c, c) for c in text)
-    before, after = draw(st.sampled_from(["", " ", "¿", "«", "“", "- "])), draw(st.sampled_from(["", ".", "?!", "…", "» ", "\n"]))
+    before = draw(st.sampled_from(["", " ", "¿", "«", "“", "- "]))
+    after = draw(st.sampled_from(["", ".", "?!", "…", "» ", "\n"]))
     return before + text + after if text else text
 
 
@@ -641,7 +644,8 @@ def test_test_fraction_outside_zero_one_is_a_params_error(fraction):
 def test_val_fraction_that_leaves_no_val_or_no_train_is_a_params_error(fractions, message):
     with pytest.raises(params.ParamsError, match=message):
         params.parse({"prepare": fractions}, ["prepare"])
-    assert params.parse({"prepare": {"val_fraction": 0.1, "test_fraction": 0.85}}, ["prepare"]).prepare.val_fraction == 0.1
+    ok = params.parse({"prepare": {"val_fraction": 0.1, "test_fraction": 0.85}}, ["prepare"])
+    assert ok.prepare.val_fraction == 0.1
 
 
 @pytest.fixture
