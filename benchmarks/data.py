@@ -116,7 +116,8 @@ def run(quick: bool) -> dict:
         *[[f"{s} peak RSS", f"{result[s]['peak_rss_mb']:,.0f} MB"] for s in STAGES],
         ["ingest + prepare", f"{total:.1f} s (target < 60 s), peak {peak:,.0f} MB (target < 4,096 MB)"],
         ["prepare counted", f"{counts['rows_kept']:,} kept, {counts['dropped_total']:,} dropped, "
-                            f"{counts['rows_unchecked']:,} not needed, {counts['length_checked']:,} length-checked"],
+                            f"{counts.get('rows_unchecked', 0):,} not needed, "
+                            f"{counts.get('length_checked', 0):,} length-checked"],
         ["load average", " ".join(f"{x:.1f}" for x in result["load_average"]) + f" ({os.cpu_count()} cores)"],
     ]
     return result
