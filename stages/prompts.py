@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import unicodedata
 
 import numpy as np
@@ -138,12 +137,19 @@ def _one_byte_per_token(tokenizer) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return False
-    spec = json.loads(backend.to_str())
-    pre = spec.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    normalizer = (spec.get("normalizer") or {}).get("type")
-    return (spec["model"].get("type") == "BPE" and any(s.get("type") == "ByteLevel" for s in steps)
-            and normalizer in (None, "NFC", "NFKC", "NFD", "NFKD"))
+    return (type(backend.model).__name__ == "BPE" and "ByteLevel" in _step_types(backend.pre_tokenizer)
+            and type(backend.normalizer).__name__ in ("NoneType", "NFC", "NFKC", "NFD", "NFKD"))
+
+
+def _step_types(pre_tokenizer) -> list[str]:
+    if type(pre_tokenizer).__name__ != "Sequence":
+        return [type(pre_tokenizer).__name__]
+    steps = []
+    while True:  # a tokenizers Sequence can be indexed but has no len()
+        try:
+            steps.append(type(pre_tokenizer[len(steps)]).__name__)
+        except IndexError:
+            return steps
 
 
 def token_lengths(tokenizer, frame: pd.DataFrame, fits: int | None = None, batch_size: int = 4096) -> np.ndarray:

@@ -563,11 +563,27 @@ def test_batched_lengths_are_the_chat_templates_token_counts(tiny_tokenizer, sam
     assert sum(b != n for b, n in zip(bounded, one_by_one)) > len(frame) // 10  # those were not tokenized
 
 
+def test_only_byte_level_bpe_gets_the_byte_bound(tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    assert prompts._one_byte_per_token(tiny_tokenizer)
+    word_piece = Tokenizer(models.WordPiece({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    word_piece.pre_tokenizer = pre_tokenizers.Whitespace()  # one [UNK] can stand for many bytes, or none
+    byte_bpe = Tokenizer(models.BPE())
+    byte_bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
+    byte_bpe.normalizer = normalizers.Replace("a", "aaa")  # lengthens ASCII: tokens may exceed bytes
+    for backend in (word_piece, byte_bpe):
+        assert not prompts._one_byte_per_token(SimpleNamespace(backend_tokenizer=backend))
+
+
 @requires_qwen2_tokenizer
 def test_batched_lengths_with_the_real_qwen2_tokenizer():
     from stages import modeling
 
     tokenizer = modeling.qwen2_tokenizer_from_files(QWEN2_TOKENIZER)
+    assert prompts._one_byte_per_token(tokenizer)
     frame = frame_of(*TRICKY)
     assert prompts.token_lengths(tokenizer, frame).tolist() == \
         [prompts.token_length(tokenizer, c) for c in prompts.conversations(frame)]
