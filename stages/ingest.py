@@ -7,6 +7,7 @@ import json
 import math
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from stages import errors, io, params
 
@@ -62,14 +63,25 @@ def canonicalize(frame: pd.DataFrame, source: str, extra_columns: str) -> pd.Dat
     check_columns(frame, source)
     out = {}
     for column in TEXT_COLUMNS:
-        values = frame[column].tolist() if column in frame.columns else [None] * len(frame)
-        # Rows are reported 1-based, in file order.
-        out[column] = [as_text(v, source, i + 1, column) for i, v in enumerate(values)]
+        if column in frame.columns:
+            out[column] = text_column(frame[column], lambda v, i: as_text(v, source, i + 1, column))  # 1-based rows
+        else:
+            out[column] = pd.Series([None] * len(frame), dtype="string")
     if extra_columns == "keep":
         for column in frame.columns:
             if column not in TEXT_COLUMNS:
-                out[column] = [_extra_as_text(v) for v in frame[column].tolist()]
-    return pd.DataFrame(out, dtype=object)  # object: missing stays None in every column
+                out[column] = text_column(frame[column], lambda v, i: _extra_as_text(v))
+    # pandas' "string" dtype: text, or <NA> where missing, in every column.
+    return pd.DataFrame({name: values.reset_index(drop=True) for name, values in out.items()})
+
+
+def text_column(values: pd.Series, convert) -> pd.Series:
+    """values as "string": a column of text and missing values as it is, any other cell by convert(value, row)."""
+    if isinstance(values.dtype, pd.StringDtype) or (
+            values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")):
+        return values.astype("string")
+    cells = tqdm(values.tolist(), desc=f"column {values.name}", unit="rows", disable=None, leave=False)
+    return pd.Series([convert(v, i) for i, v in enumerate(cells)], dtype="string")
 
 
 def _missing(value) -> bool:
@@ -97,7 +109,7 @@ def main() -> None:
     p = params.load("data")
     frame = io.read_any(p.data.path)
     canonical = canonicalize(frame, p.data.path, p.data.extra_columns)
-    io.write_parquet(OUT, canonical.astype("string"))
+    io.write_parquet(OUT, canonical)
     print(f"ingest: {len(canonical)} rows from {p.data.path} -> {OUT}")
 
 

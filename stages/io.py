@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from stages.errors import StageError
 
@@ -144,7 +145,8 @@ def _read_json_records(path: Path, text: str) -> pd.DataFrame:
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     records = []
     # Not splitlines(): it also splits at U+2028, U+0085 etc., which JSON allows unescaped in strings.
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    lines = tqdm(text.split("\n"), desc=f"reading {path.name}", unit="lines", disable=None, leave=False)
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

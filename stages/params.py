@@ -5,7 +5,7 @@ floats), and raises one ParamsError listing every problem it found.
 
 A field declares its rule where it is defined; `_build` checks every value against it:
 
-    n: int = rule(5000, ">= 2", why="at least one train and one test row")
+    n: int = rule(5000, ">= 3", why="at least one train, one val and one test row")
     # -> prepare.n must be >= 2 (at least one train and one test row), got 0
 
 A bound is written as the message says it: ">= 2", "> 0", "in (0, 1)" (open), "in [0, 1]" (closed),
@@ -89,10 +89,12 @@ class DataParams:
 
 @dataclass
 class PrepareParams:
-    n: int = rule(5000, ">= 2", why="at least one train and one test row")
+    n: int = rule(5000, ">= 3", why="at least one train, one val and one test row")
     """Rows sampled after cleaning (all of them when fewer survive)."""
     test_fraction: float = rule(0.2, "in (0, 1)")
     """Share of sampled rows held out for evaluation."""
+    val_fraction: float = rule(0.05, "in (0, 1)", why="training evaluates on the val split")
+    """Share of sampled rows (of all, not of the rest) for validation during training, taken from the non-test rows."""
     seed: int = rule(42, SEED)
     """Seed for sampling and splitting."""
     max_length: int = rule(512, ">= 8")
@@ -101,6 +103,11 @@ class PrepareParams:
     """drop: skip longer examples; truncate: keep them, cut to max_length (loses the stop token)."""
     max_drop_fraction: float = rule(0.5, "in [0, 1]")
     """Fail instead of training on the rest when more than this share of rows is dropped."""
+
+    def check(self, bad: list[str]) -> None:
+        if 0 < self.test_fraction < 1 and 0 < self.val_fraction < 1 and self.test_fraction + self.val_fraction >= 1:
+            bad.append(f"prepare.val_fraction + prepare.test_fraction must be < 1 (the rest is train), "
+                       f"got {_fmt(self.val_fraction)} + {_fmt(self.test_fraction)}")
 
 
 @dataclass

@@ -1,17 +1,20 @@
-"""prepare: clean, count every dropped row by reason, sample, split without prompt leakage."""
+"""prepare: clean, count every dropped row by reason, sample, split train/val/test without prompt leakage."""
 
 from __future__ import annotations
 
 import re
-from collections import Counter
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from stages import errors, io, params, prompts
 
 IN = "data/interim/ingested.parquet"
 TRAIN_OUT = "data/processed/train.parquet"
+VAL_OUT = "data/processed/val.parquet"
 TEST_OUT = "data/processed/test.parquet"
 METRICS_OUT = "metrics/data.json"
 BASE_DIR = "models/base"
@@ -33,106 +36,261 @@ PLACEHOLDER = re.compile(r"\s*(<\s*no\s*(input|output)\s*>|n/a)\s*", re.IGNORECA
 # (?!\.) makes each dot run match whole: split freely, "...." + "x" took exponential time.
 DOTS = re.compile(r"\s*((\.{2,}(?!\.)|…+(?!…))\s*)+")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, newline and carriage return are fine
+MIN_PROMPTS = 3  # one each for train, val and test
+
+# The same checks on whole columns with pyarrow (RE2): Python's whitespace (what str.strip and
+# re's \s use) spelled out, and supersets of PLACEHOLDER / DOTS that `re` then confirms.
+_WS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in map(chr, range(0x3001)) if c.isspace()) + "]"
+_BLANK = f"^{_WS}*$"
+_PLACEHOLDER_LIKE = f"^{_WS}*(?:[^{_WS[1:-1]}]{_WS}*){{0,10}}$"  # at most 10 other characters: "<nooutput>"
+_DOTS_LIKE = f"^(?:{_WS}|[.…])*$"
+
+# rows (instruction, input filled, output) -> token counts after the chat template; a row that
+# provably fits may get any number <= max_length instead of its count.
+Lengths = Callable[[pd.DataFrame], Sequence[int]]
 
 
 def row_problem(instruction, input_text, output) -> str | None:
-    """The first reason to drop one row on its own, or None when it is usable."""
-    if instruction is None:
-        return "missing_instruction"
-    if output is None:
-        return "missing_output"
-    if not instruction.strip():
-        return "blank_instruction"
-    if not output.strip():
-        return "blank_output"
-    if PLACEHOLDER.fullmatch(output) or DOTS.fullmatch(output):
-        return "placeholder_output"
-    if any(CONTROL.search(text) for text in (instruction, input_text, output)):
-        return "control_characters"
-    return None
+    """The first of REASONS[:6] that applies to one row, or None when it is usable."""
+    return _row_problems(*(_arrow(pd.Series([v], dtype=object)) for v in (instruction, input_text, output)))[0]
+
+
+def _arrow(column: pd.Series) -> pa.Array:
+    return pa.array(column, type=pa.large_string(), from_pandas=True)
+
+
+def _row_problems(i: pa.Array, x: pa.Array, o: pa.Array) -> np.ndarray:
+    """row_problem of every row, by column (input filled with "")."""
+
+    def matches(array, pattern):
+        return pc.fill_null(pc.match_substring_regex(array, pattern), False).to_numpy(zero_copy_only=False)
+
+    def placeholder():
+        candidates = np.flatnonzero(matches(o, _PLACEHOLDER_LIKE) | matches(o, _DOTS_LIKE))
+        found = np.zeros(len(o), dtype=bool)
+        found[candidates] = [bool(PLACEHOLDER.fullmatch(t) or DOTS.fullmatch(t))
+                             for t in o.take(pa.array(candidates, type=pa.int64())).to_pylist()]
+        return found
+
+    checks = (
+        ("missing_instruction", lambda: i.is_null().to_numpy(zero_copy_only=False)),
+        ("missing_output", lambda: o.is_null().to_numpy(zero_copy_only=False)),
+        ("blank_instruction", lambda: matches(i, _BLANK)),
+        ("blank_output", lambda: matches(o, _BLANK)),
+        ("placeholder_output", placeholder),
+        ("control_characters", lambda: matches(i, CONTROL.pattern) | matches(x, CONTROL.pattern)
+         | matches(o, CONTROL.pattern)),
+    )
+    reasons = np.full(len(o), None, dtype=object)
+    for reason, check in checks:
+        undecided = pd.isna(reasons)
+        reasons[undecided & check()] = reason
+    return reasons
 
 
 def clean(
     frame: pd.DataFrame,
-    length_of: Callable[[dict], int] | None = None,
+    lengths: Lengths | None = None,
     max_length: int = 512,
     too_long: str = "drop",
+    n: int | None = None,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, dict]:
-    """Fill missing input, drop unusable rows; returns kept rows and counts by reason.
+    """Fill missing input, drop unusable rows; returns kept rows (file order) and counts by reason.
 
-    `length_of(conversation)` gives the token count after the chat template; rows longer than
-    `max_length` are dropped or, with too_long="truncate", kept (the trainer cuts them) and counted.
+    Rows with the same prompt (prompts.prompt_identity) keep one: the first in file order that
+    fits `max_length` tokens; a later one with the same output is a duplicate, with another output
+    a conflict. With too_long="truncate" the first is kept whatever its length (the trainer cuts
+    it), and counted. Lengths are measured only where they decide something: every prompt asked
+    more than once, and single-row prompts in draw order (draw_keys) until `n` prompts fit; the
+    single-row prompts after that are `rows_unchecked`, neither kept nor dropped. n=None checks
+    every prompt.
     """
-    drops: Counter = Counter()
-    kept: list[dict] = []
-    seen_rows: set = set()
-    seen_prompts: set = set()
-    filled_input = truncated = 0
-    for record in _records(frame):
-        if record["input"] is None:
-            record["input"] = ""
-            filled_input += 1
-        reason = row_problem(record["instruction"], record["input"], record["output"])
-        exact = (record["instruction"], record["input"], record["output"])
-        key = prompts.prompt_key(record["instruction"], record["input"]) if reason is None else None
-        if reason is None and exact in seen_rows:
-            reason = "duplicate"
-        elif reason is None and key in seen_prompts:
-            reason = "conflicting_output"  # same prompt, another answer: the first kept one wins
-        if reason is None and length_of is not None:
-            conversation = prompts.to_conversation(record["instruction"], record["input"], record["output"])
-            if length_of(conversation) > max_length:
-                if too_long == "drop":
-                    reason = "too_long"
-                else:
-                    truncated += 1
-        if reason:
-            drops[reason] += 1
-        else:
-            kept.append(record)
-            seen_rows.add(exact)
-            seen_prompts.add(key)
-    columns = list(frame.columns)
+    filled = frame["input"].isna().to_numpy()
+    inputs = pc.fill_null(_arrow(frame["input"]), "")
+    reasons = _row_problems(_arrow(frame["instruction"]), inputs, _arrow(frame["output"]))
+    usable = np.flatnonzero(pd.isna(reasons))
+    take = pa.array(usable, type=pa.int64())
+    rows = pa.table({"instruction": _arrow(frame["instruction"]).take(take), "input": inputs.take(take),
+                     "output": _arrow(frame["output"]).take(take)}).to_pandas()
+    group, keys = _factorize(prompts.prompt_identities(rows))
+    picker = _Picker(rows, group, lengths, max_length, too_long)
+    if lengths is None or n is None or n >= len(keys):
+        checked = picker.check_all()
+    else:
+        checked = picker.check_drawn(np.argsort(draw_keys(keys, seed), kind="stable"), n)
+    reasons[usable] = picker.reasons(checked)
+    keeper = picker.kept_rows(checked)
+
+    kept = frame.iloc[usable[keeper]].reset_index(drop=True)
+    kept["input"] = rows["input"].iloc[keeper].to_numpy(dtype=object)
+    counted = pd.Series(reasons).value_counts()
     counts = {
         "rows_read": len(frame),
         "rows_kept": len(kept),
-        "filled_input": filled_input,
-        "truncated": truncated,
-        "dropped_total": sum(drops.values()),
-        **{f"dropped.{reason}": drops[reason] for reason in REASONS},
+        "rows_unchecked": int((~checked[group]).sum()),
+        "length_checked": picker.measured_rows(checked),
+        "filled_input": int(filled.sum()),
+        "truncated": picker.truncated(checked),
+        "dropped_total": int(pd.notna(reasons).sum()),
+        **{f"dropped.{reason}": int(counted.get(reason, 0)) for reason in REASONS},
     }
-    return pd.DataFrame(kept, columns=columns), counts
+    return kept, counts
 
 
-def sample_and_split(frame: pd.DataFrame, n: int, test_fraction: float, seed: int):
-    """Seeded sample of n rows, then a split by prompt so no prompt lands on both sides."""
-    keys = [prompts.prompt_key(i, x) for i, x in zip(frame["instruction"], frame["input"])]
-    unique_keys = sorted(set(keys))
-    sampled_keys = pd.Series(unique_keys).sample(n=min(n, len(unique_keys)), random_state=seed).tolist()
-    n_test = min(max(1, round(len(sampled_keys) * test_fraction)), len(sampled_keys) - 1)
-    test_keys = set(sampled_keys[:n_test])
-    train_keys = set(sampled_keys[n_test:])
-    key_series = pd.Series(keys, index=frame.index)
-    order = {k: i for i, k in enumerate(sampled_keys)}
-    train = frame[key_series.isin(train_keys)]
-    test = frame[key_series.isin(test_keys)]
-    # Sampled order, not file order, so a seed change reshuffles training batches too.
-    train = train.iloc[key_series[train.index].map(order).argsort()].reset_index(drop=True)
-    test = test.iloc[key_series[test.index].map(order).argsort()].reset_index(drop=True)
-    return train, test
+class _Picker:
+    """Finds each prompt's kept row (kept_at, by prompt: row position, -1 none fits, -2 not yet checked).
+
+    rows: the usable rows; group: each row's prompt (index into the distinct identities).
+    """
+
+    def __init__(self, rows: pd.DataFrame, group: np.ndarray, lengths, max_length: int, too_long: str):
+        self.rows, self.group = rows, group
+        order = np.lexsort((np.arange(len(group)), group))  # rows by prompt, then file order
+        starts = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1] if len(group) else np.zeros(0, dtype=int)
+        self.rank = np.empty(len(group), dtype=int)  # a row's place among its prompt's rows, 0 = first
+        self.rank[order] = np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+        self.lengths, self.max_length, self.too_long = lengths, max_length, too_long
+        self.kept_at = np.full(group.max() + 1 if len(group) else 0, -2)
+        self.length = np.full(len(group), -1)  # measured (or bounded) tokens; -1 not measured
+        self.known: dict[tuple, int] = {}  # an exact repeat of a measured row has its length
+
+    def check_all(self) -> np.ndarray:
+        self.resolve(np.arange(len(self.kept_at)))
+        return np.ones(len(self.kept_at), dtype=bool)
+
+    def check_drawn(self, draw: np.ndarray, n: int) -> np.ndarray:
+        """Every prompt with several rows, then the others in `draw` order until n prompts fit."""
+        multi = np.bincount(self.group, minlength=len(self.kept_at)) > 1
+        self.resolve(np.flatnonzero(multi))
+        done = 0
+        while done < len(draw):
+            fitted = int((self.kept_at[draw[:done]] >= 0).sum())
+            if fitted >= n:
+                break
+            step = draw[done:done + max(n - fitted, 64)]
+            self.resolve(step[self.kept_at[step] == -2])
+            done += len(step)
+        # Only the prefix of the draw up to its n-th fitting prompt counts as checked.
+        fits = np.cumsum(self.kept_at[draw] >= 0)
+        last = int(np.searchsorted(fits, n)) if fits.size and fits[-1] >= n else len(draw) - 1
+        checked = multi.copy()
+        checked[draw[:last + 1]] = True
+        return checked
+
+    def resolve(self, prompts_: np.ndarray) -> None:
+        """Each prompt's kept row: its first row (truncate), or its first row that fits (drop)."""
+        pending = np.zeros(len(self.kept_at), dtype=bool)
+        pending[prompts_] = True
+        left = np.flatnonzero(pending[self.group])  # rows of prompts still without a kept row
+        r = 0
+        while len(left):
+            candidates = left[self.rank[left] == r]
+            if self.lengths is None:
+                fits = np.ones(len(candidates), dtype=bool)
+            else:
+                self.length[candidates] = self._measure(candidates)
+                fits = (self.length[candidates] <= self.max_length) | (self.too_long == "truncate")
+            self.kept_at[self.group[candidates[fits]]] = candidates[fits]
+            pending[self.group[candidates[fits]]] = False
+            left = left[pending[self.group[left]] & (self.rank[left] > r)]
+            r += 1
+        self.kept_at[prompts_[self.kept_at[prompts_] == -2]] = -1
+
+    def _measure(self, at: np.ndarray) -> np.ndarray:
+        rows = self.rows.iloc[at]
+        keys = list(zip(*(rows[c].tolist() for c in ("instruction", "input", "output"))))
+        new = [k for k, key in enumerate(keys) if key not in self.known]
+        if new:
+            measured = self.lengths(rows.iloc[new].reset_index(drop=True))
+            self.known.update(zip((keys[k] for k in new), (int(m) for m in measured)))
+        return np.array([self.known[key] for key in keys], dtype=int)
+
+    def reasons(self, checked: np.ndarray) -> np.ndarray:
+        """Per row: too_long before its prompt's kept row (or when none fits), duplicate / conflicting_output
+        after it (same / other output), None for the kept row and rows of unchecked prompts."""
+        position = np.arange(len(self.group))
+        chosen = self.kept_at[self.group]
+        later = np.flatnonzero((chosen >= 0) & (position > chosen))
+        outputs = self.rows["output"]
+        same = outputs.iloc[later].to_numpy(dtype=object) == outputs.iloc[chosen[later]].to_numpy(dtype=object)
+        reasons = np.full(len(self.group), None, dtype=object)
+        reasons[checked[self.group] & ((chosen == -1) | (position < chosen))] = "too_long"
+        reasons[later[same]] = "duplicate"
+        reasons[later[~same]] = "conflicting_output"
+        return reasons
+
+    def kept_rows(self, checked: np.ndarray) -> np.ndarray:
+        return np.sort(self.kept_at[checked & (self.kept_at >= 0)])
+
+    def measured_rows(self, checked: np.ndarray) -> int:
+        return int(((self.length >= 0) & checked[self.group]).sum())
+
+    def truncated(self, checked: np.ndarray) -> int:
+        kept = self.kept_at[checked & (self.kept_at >= 0)]
+        return int((self.length[kept] > self.max_length).sum()) if self.too_long == "truncate" else 0
+
+
+def _factorize(identities: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(per row, the index of its identity in the distinct ones; the distinct ones, in first-row order)."""
+    encoded = pc.dictionary_encode(identities).combine_chunks() if isinstance(identities, pa.ChunkedArray) \
+        else pc.dictionary_encode(identities)
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), \
+        encoded.dictionary.to_numpy(zero_copy_only=False)
+
+
+def draw_keys(identities: np.ndarray, seed: int) -> np.ndarray:
+    """Each prompt identity's place in the seeded draw: a keyed hash (SipHash), so the draw does not
+    depend on file order, and the first n prompts of any set that holds them are the same n."""
+    return pd.util.hash_array(np.asarray(identities, dtype=object), hash_key=f"{seed:016x}"[-16:], categorize=False)
+
+
+def split_sizes(prompts_sampled: int, test_fraction: float, val_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) prompt counts: test and val are shares of all sampled, each at least 1."""
+    n_test = min(max(1, round(prompts_sampled * test_fraction)), prompts_sampled - 2)
+    n_val = min(max(1, round(prompts_sampled * val_fraction)), prompts_sampled - 1 - n_test)
+    return prompts_sampled - n_val - n_test, n_val, n_test
+
+
+def sample_and_split(frame: pd.DataFrame, n: int, test_fraction: float, val_fraction: float, seed: int):
+    """The first n prompts in draw order, split (train, val, test): no prompt in two splits.
+
+    Rows with the same prompt identity (prompts.prompt_identity) go to the same split.
+    """
+    group, keys = _factorize(prompts.prompt_identities(frame))
+    draw = np.argsort(draw_keys(keys, seed), kind="stable")[:n]
+    if len(draw) < MIN_PROMPTS:
+        raise io.DataError(f"{len(draw)} prompt(s) to split (prepare.n {n}, {len(keys)} distinct); need at least "
+                           f"{MIN_PROMPTS}, one each for train, val and test")
+    _, n_val, n_test = split_sizes(len(draw), test_fraction, val_fraction)
+    place = np.full(len(keys), -1)
+    place[draw] = np.arange(len(draw))
+    rank = place[group]  # -1: not sampled
+    parts = {"test": (rank >= 0) & (rank < n_test), "val": (rank >= n_test) & (rank < n_test + n_val),
+             "train": rank >= n_test + n_val}
+    # Draw order, not file order, so a seed change reshuffles training batches too.
+    return tuple(frame[parts[name]].iloc[np.argsort(rank[parts[name]], kind="stable")].reset_index(drop=True)
+                 for name in ("train", "val", "test"))
 
 
 def check_drop_share(counts: dict, max_drop_fraction: float, source: str) -> None:
-    if counts["rows_kept"] < 2:
+    if counts["rows_kept"] < MIN_PROMPTS:
         raise io.DataError(
-            f"{source}: {counts['rows_kept']} row(s) survive cleaning (need at least 2 to split); "
+            f"{source}: {counts['rows_kept']} row(s) survive cleaning (need at least {MIN_PROMPTS} to split); "
             f"dropped: {_drop_summary(counts)}"
         )
-    share = counts["dropped_total"] / counts["rows_read"]
+    # Rows never length-checked (not needed for the sample) count at the too_long rate of those checked.
+    unchecked = counts.get("rows_unchecked", 0)
+    extra = round(unchecked * counts["dropped.too_long"] / max(counts["length_checked"], 1)) if unchecked else 0
+    dropped = counts["dropped_total"] + extra
+    share = dropped / counts["rows_read"]
     if share > max_drop_fraction:
+        what, basis = (f"would drop about {dropped}", f"; too_long estimated from {counts['length_checked']} rows "
+                       f"checked") if extra else (f"dropped {dropped}", "")
         raise io.DataError(
-            f"{source}: cleaning dropped {counts['dropped_total']} of {counts['rows_read']} rows "
-            f"({share:.0%} > prepare.max_drop_fraction {max_drop_fraction:.0%}); dropped: {_drop_summary(counts)}"
+            f"{source}: cleaning {what} of {counts['rows_read']} rows "
+            f"({share:.0%} > prepare.max_drop_fraction {max_drop_fraction:.0%}{basis}); "
+            f"dropped: {_drop_summary(counts)}"
         )
 
 
@@ -141,31 +299,30 @@ def _drop_summary(counts: dict) -> str:
     return ", ".join(parts) or "none"
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
-    frame = frame.astype(object).where(frame.notna(), None)
-    return frame.to_dict("records")
-
-
-def tokenizer_length(base_dir: str) -> Callable[[dict], int]:
+def tokenizer_lengths(base_dir: str, max_length: int) -> Lengths:
     from stages import modeling  # heavy import, only when a tokenizer is needed
 
     tokenizer = modeling.load_tokenizer(base_dir)
-    return lambda conversation: prompts.token_length(tokenizer, conversation)
+    return lambda rows: prompts.token_lengths(tokenizer, rows, fits=max_length)
 
 
 def main() -> None:
     p = params.load("prepare")
     cfg = p.prepare
     frame = pd.read_parquet(IN)
-    kept, counts = clean(frame, tokenizer_length(BASE_DIR), cfg.max_length, cfg.too_long)
+    lengths = tokenizer_lengths(BASE_DIR, cfg.max_length)
+    kept, counts = clean(frame, lengths, cfg.max_length, cfg.too_long, cfg.n, cfg.seed)
     check_drop_share(counts, cfg.max_drop_fraction, IN)
-    train, test = sample_and_split(kept, cfg.n, cfg.test_fraction, cfg.seed)
-    counts.update({"sampled": len(train) + len(test), "train": len(train), "test": len(test)})
+    train, val, test = sample_and_split(kept, cfg.n, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+    counts.update({"sampled": len(train) + len(val) + len(test), "train": len(train), "val": len(val),
+                   "test": len(test)})
     io.write_parquet(TRAIN_OUT, train.astype("string"))
+    io.write_parquet(VAL_OUT, val.astype("string"))
     io.write_parquet(TEST_OUT, test.astype("string"))
     io.write_json(METRICS_OUT, counts)
+    unchecked = f"{counts['rows_unchecked']} not needed for the sample, " if counts["rows_unchecked"] else ""
     print(f"prepare: {counts['rows_read']} read, {counts['dropped_total']} dropped ({_drop_summary(counts)}), "
-          f"{len(train)} train / {len(test)} test")
+          f"{unchecked}{len(train)} train / {len(val)} val / {len(test)} test")
 
 
 if __name__ == "__main__":

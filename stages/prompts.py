@@ -1,6 +1,14 @@
-"""The one place the prompt format lives: Alpaca row -> chat conversation."""
+"""The one place the prompt format lives: Alpaca row -> chat conversation, its identity, its length."""
 
 from __future__ import annotations
+
+import unicodedata
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
 
 # Qwen2-Instruct's ChatML template, byte for byte, so the tiny default and the real model
 # render prompts identically.
@@ -11,12 +19,18 @@ CHATML_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 END_OF_TURN = "<|im_end|>"
+CONTEXT = "\n Context:"  # joins instruction and input in the user turn (the reference format)
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
 def user_text(instruction: str, input_text: str) -> str:
     """Instruction, plus '\\n Context:' + input when there is one (the reference format)."""
-    return instruction + ("\n Context:" + input_text if input_text else "")
+    return instruction + (CONTEXT + input_text if input_text else "")
+
+
+def user_texts(instructions: pd.Series, inputs: pd.Series) -> pd.Series:
+    """user_text for whole columns (inputs filled with "")."""
+    return instructions + (CONTEXT + inputs).where(inputs != "", "")
 
 
 def to_conversation(instruction: str, input_text: str, output: str) -> dict:
@@ -33,9 +47,51 @@ def conversations(frame) -> list[dict]:
     return [to_conversation(r["instruction"], r["input"], r["output"]) for r in rows.to_dict("records")]
 
 
-def prompt_key(instruction: str, input_text: str) -> str:
-    """Identity of a prompt for dedup and leakage checks."""
-    return user_text(instruction.strip(), input_text.strip())
+# Characters stripped from both ends of a normalised text: Unicode punctuation (P*) and whitespace.
+# All of them lie below U+20000 (tests/test_prepare.py checks the whole range).
+EDGE = frozenset(c for c in map(chr, range(0x20000)) if c.isspace() or unicodedata.category(c).startswith("P"))
+
+
+def normalise(text: str) -> str:
+    """Text as prompts are compared: NFKC, case-folded, whitespace collapsed, surrounding whitespace
+    and punctuation stripped ("Define  APR." and "define apr" are the same)."""
+    if text.isascii():  # NFKC leaves ASCII as it is, and casefold is lower there
+        text = text.lower()
+    else:
+        text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    if not text.isprintable() or "  " in text:  # whitespace other than single spaces (all of it is unprintable)
+        text = " ".join(text.split())
+    start, end = 0, len(text)
+    while start < end and text[start] in EDGE:
+        start += 1
+    while end > start and text[end - 1] in EDGE:
+        end -= 1
+    return text[start:end]
+
+
+def prompt_identity(instruction: str, input_text: str) -> str:
+    """The identity of a prompt, for dedup and splitting: the normalised user turn of the normalised parts."""
+    return normalise(user_text(normalise(instruction), normalise(input_text)))
+
+
+# normalise(user_text(a, b)) for normalised a and non-empty normalised b is a + _JOIN + b: the column
+# version below builds that without normalising the joined text again.
+_JOIN = normalise(user_text("a", "b"))[1:-1]
+
+
+def prompt_identities(frame: pd.DataFrame) -> pa.Array:
+    """prompt_identity of every row (missing input as ""), each distinct text normalised once."""
+    instructions, inputs = _normalised(frame["instruction"]), _normalised(frame["input"])
+    joined = pc.binary_join_element_wise(instructions, inputs, pa.scalar(_JOIN, pa.large_string()))
+    return pc.if_else(pc.equal(inputs, ""), instructions, joined)
+
+
+def _normalised(column: pd.Series) -> pa.Array:
+    texts = pc.fill_null(pa.array(column, type=pa.large_string(), from_pandas=True), "")
+    uniques = pc.unique(texts)
+    done = [normalise(t) for t in tqdm(uniques.to_pylist(), desc="normalising prompts", unit="texts",
+                                       disable=None, leave=False)]
+    return pa.array(done, type=pa.large_string()).take(pc.index_in(texts, value_set=uniques))
 
 
 def token_length(tokenizer, conversation: dict) -> int:
@@ -44,3 +100,83 @@ def token_length(tokenizer, conversation: dict) -> int:
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return len(ids)
+
+
+# Token lengths of many rows: the chat template is rendered once around placeholders and filled in
+# as plain strings, then the texts are tokenized in batches (in parallel) without Python per token.
+_PLACEHOLDERS = (" \n\x00user\x00 \n", " \n\x00output\x00 \n")  # spaces and newlines: a trimming template shows
+
+
+def template_parts(tokenizer) -> tuple[str, str, str] | None:
+    """(before, between, after) with user text and output inserted verbatim; None if the template alters them."""
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _PLACEHOLDERS[0]}, {"role": "assistant", "content": _PLACEHOLDERS[1]}],
+        tokenize=False,
+    )
+    if any(rendered.count(p) != 1 for p in _PLACEHOLDERS):
+        return None
+    before, rest = rendered.split(_PLACEHOLDERS[0])
+    between, after = rest.split(_PLACEHOLDERS[1])
+    return before, between, after
+
+
+def chat_texts(tokenizer, frame: pd.DataFrame, parts: tuple[str, str, str] | None) -> list[str]:
+    """Each row's conversation as the chat template renders it (input filled with "")."""
+    if parts is None:  # a template that changes the content: render every row with it
+        return [tokenizer.apply_chat_template(c["prompt"] + c["completion"], tokenize=False)
+                for c in conversations(frame)]
+    before, between, after = parts
+    inputs = frame["input"].astype(object).where(frame["input"].notna(), "")
+    texts = before + user_texts(frame["instruction"].astype(object), inputs) + between + frame["output"] + after
+    return texts.tolist()
+
+
+def _one_byte_per_token(tokenizer) -> bool:
+    """Whether every token covers at least one byte of ASCII text: byte-level BPE whose normaliser
+    leaves ASCII unchanged (Qwen2's, GPT-2's and the tiny default's)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    return (type(backend.model).__name__ == "BPE" and "ByteLevel" in _step_types(backend.pre_tokenizer)
+            and type(backend.normalizer).__name__ in ("NoneType", "NFC", "NFKC", "NFD", "NFKD"))
+
+
+def _step_types(pre_tokenizer) -> list[str]:
+    if type(pre_tokenizer).__name__ != "Sequence":
+        return [type(pre_tokenizer).__name__]
+    steps = []
+    while True:  # a tokenizers Sequence can be indexed but has no len()
+        try:
+            steps.append(type(pre_tokenizer[len(steps)]).__name__)
+        except IndexError:
+            return steps
+
+
+def token_lengths(tokenizer, frame: pd.DataFrame, fits: int | None = None, batch_size: int = 4096) -> np.ndarray:
+    """token_length of every row of an Alpaca frame, tokenized in batches.
+
+    With `fits`, a row that provably has at most that many tokens is not tokenized and gets an upper
+    bound (<= fits) instead: with a byte-level BPE, an ASCII text of b bytes has at most b tokens.
+    """
+    parts = template_parts(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    bounded = fits is not None and _one_byte_per_token(tokenizer)
+    lengths = np.zeros(len(frame), dtype=np.int64)
+    for start in tqdm(range(0, len(frame), batch_size), desc="token lengths", unit="batch", disable=None, leave=False):
+        texts = chat_texts(tokenizer, frame.iloc[start:start + batch_size], parts)
+        todo = np.arange(len(texts))
+        if bounded:
+            array = pa.array(texts, type=pa.large_string())
+            bound = np.where(pc.string_is_ascii(array).to_numpy(zero_copy_only=False),
+                             pc.binary_length(array).to_numpy(), fits + 1)
+            lengths[start + todo] = bound
+            todo = todo[bound > fits]
+        if not len(todo):
+            continue
+        batch = [texts[i] for i in todo]
+        if backend is not None:
+            counts = [len(e) for e in backend.encode_batch_fast(batch, add_special_tokens=False)]
+        else:
+            counts = [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
+        lengths[start + todo] = counts
+    return lengths

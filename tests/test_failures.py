@@ -71,7 +71,7 @@ CASES = [
     Case("prepare-test_fraction", "prepare", {"prepare": {"test_fraction": 1.5}},
          params_error("prepare.test_fraction must be in (0, 1), got 1.5"), "prepare.test_fraction"),
     Case("prepare-n", "prepare", {"prepare": {"n": 0}},
-         params_error("prepare.n must be >= 2 (at least one train and one test row), got 0"), "prepare.n"),
+         params_error("prepare.n must be >= 3 (at least one train, one val and one test row), got 0"), "prepare.n"),
     Case("prepare-too_long", "prepare", {"prepare": {"too_long": "cut"}},
          params_error("prepare.too_long must be one of drop, truncate, got 'cut'"), "prepare.too_long"),
     Case("train-lr", "train", {"lr": -1}, params_error("lr must be > 0, got -1"), "lr"),
@@ -114,7 +114,7 @@ CASES = [
          "data/bad/dict.json: expected a JSON list of records, found dict", "data/bad/dict.json"),
     # --- data that only prepare can judge ---
     Case("prepare-nothing-survives", "prepare", data_path("data/bad/no_outputs.csv"),
-         f"{INTERIM}: 0 row(s) survive cleaning (need at least 2 to split); dropped: missing_output=3",
+         f"{INTERIM}: 0 row(s) survive cleaning (need at least 3 to split); dropped: missing_output=3",
          INTERIM, ingest_first=True),
     Case("prepare-too-many-drops", "prepare", {"prepare": {"max_drop_fraction": 0.0}}, too_many_drops, INTERIM),
 ]
@@ -155,7 +155,8 @@ def built(tmp_path_factory) -> dict:
 
 def test_setup_has_outputs_and_drops(built):
     watched = built["outputs"]
-    for rel in (INTERIM, "data/processed/train.parquet", "data/processed/test.parquet", "metrics/data.json",
+    for rel in (INTERIM, "data/processed/train.parquet", "data/processed/val.parquet", "data/processed/test.parquet",
+                "metrics/data.json",
                 "models/base/config.json", "models/adapter/adapter_config.json"):
         assert rel in watched
     assert built["counts"]["dropped_total"] > 0  # the too-many-drops case needs some

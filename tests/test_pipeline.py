@@ -37,7 +37,7 @@ def test_repro_runs_every_stage_and_writes_outputs(reproduced):
     project, first = reproduced
     assert ran(first.stdout) == ALL_STAGES
     data = json.loads((project / "metrics/data.json").read_text())
-    assert data["train"] + data["test"] == data["sampled"] == 120
+    assert data["train"] + data["val"] + data["test"] == data["sampled"] == 120
     assert data["rows_read"] == data["rows_kept"] + data["dropped_total"]
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json"):
         assert (project / "models/adapter" / name).is_file()

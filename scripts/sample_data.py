@@ -1,23 +1,32 @@
-"""sample_data: a deterministic finance dataset in Stanford Alpaca format, generated from templates.
+"""sample_data: writes data/raw/finance_alpaca.{parquet,csv}, the embedded sample (not a pipeline stage).
 
-Every row comes from the templates below and a seeded random.Random, plus a few deliberate
-defects (missing inputs, missing/blank/placeholder outputs, exact duplicates) for the cleaning stage.
+A deterministic finance dataset in Stanford Alpaca format: every row comes from the templates
+below and a seeded random.Random, plus a few deliberate defects (missing inputs, missing/blank/
+placeholder outputs, exact duplicates) for the cleaning stage. Each fact (input and answer) is
+asked under one prompt only, so no test answer is a training answer under another wording.
+
+    python scripts/sample_data.py      (or python -m scripts.sample_data), from the repo root
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-import os
 import random
-import tempfile
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+if __package__ in (None, ""):  # run as a file: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages import io, prompts  # noqa: E402
+
 COLUMNS = ("instruction", "input", "output")
-OUT_DIR = Path("data/raw")
+OUT_DIR = Path(__file__).resolve().parents[1] / "data" / "raw"
 # Alpaca's own filler values; not "N/A", which pandas' default CSV reader turns into NaN.
 PLACEHOLDERS = ("<noinput>", "<nooutput>")
 
@@ -266,9 +275,11 @@ def generate_records(n_rows: int = 1200, seed: int = 0) -> list[dict]:
         if len(base) == n_rows - n_dup:
             break
         rec = dict(zip(COLUMNS, r.choices(funcs, weights)[0](r)))
-        # Unique prompts, so the only duplicates and same-prompt conflicts are the planted ones.
-        if (rec["instruction"], rec["input"]) not in seen:
-            seen.add((rec["instruction"], rec["input"]))
+        # Unique prompts (as prepare compares them), so the only duplicates and same-prompt conflicts
+        # are the planted ones; unique facts, so no answer comes back under another wording.
+        keys = (prompts.prompt_identity(rec["instruction"], rec["input"]), fact_of(rec))
+        if not seen.intersection(keys):
+            seen.update(keys)
             base.append(rec)
     if len(base) < n_rows - n_dup:
         raise ValueError(f"could not generate {n_rows} distinct rows")
@@ -293,16 +304,9 @@ def generate_records(n_rows: int = 1200, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the data file ordinary permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def fact_of(rec: dict) -> tuple:
+    """What a row teaches: its input and its answer (the same pair under two wordings is one fact)."""
+    return ("fact", rec["input"], rec["output"])
 
 
 def write_sample(out_dir: Path, n_rows: int = 1200, seed: int = 0) -> tuple[Path, Path]:
@@ -313,13 +317,18 @@ def write_sample(out_dir: Path, n_rows: int = 1200, seed: int = 0) -> tuple[Path
     table = pa.table({c: pa.array([rec[c] for rec in records], type=pa.string()) for c in COLUMNS})
     frame = pd.DataFrame({c: pd.Series([rec[c] for rec in records], dtype=object) for c in COLUMNS})
     parquet_path, csv_path = out_dir / "finance_alpaca.parquet", out_dir / "finance_alpaca.csv"
-    _atomic_write(parquet_path, lambda tmp: pq.write_table(table, tmp))
-    _atomic_write(csv_path, lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n"))
+    with io.atomic_path(parquet_path) as tmp:
+        pq.write_table(table, tmp)
+    with io.atomic_path(csv_path) as tmp:
+        frame.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
     return parquet_path, csv_path
 
 
-def main() -> None:
-    parquet_path, csv_path = write_sample(OUT_DIR)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the embedded sample, finance_alpaca.{parquet,csv}.")
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory (default: the repo's data/raw)")
+    args = parser.parse_args(argv)
+    parquet_path, csv_path = write_sample(args.out)
     print(f"sample_data: wrote {parquet_path} and {csv_path} ({len(pd.read_parquet(parquet_path))} rows)")
 
 
