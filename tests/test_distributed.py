@@ -124,14 +124,6 @@ def test_a_launch_by_hand_must_match_params(monkeypatch, world_size, num_process
 
 # ---------------------------------------------------------------- 2 CPU processes against one
 
-def add_val_split(project: Path) -> None:
-    """TEMPORARY, delete when prepare writes data/processed/val.parquet (the data branch): train reads
-    val, so the test split stands in for it."""
-    processed = project / "data/processed"
-    if not (processed / "val.parquet").exists():
-        shutil.copy(processed / "test.parquet", processed / "val.parquet")
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """ingest, base and prepare, run in this process (they are not under test here: saves three
@@ -144,7 +136,6 @@ def prepared(tmp_path_factory) -> Path:
         mp.setenv("HF_HUB_OFFLINE", "1")
         for stage in (ingest, base, prepare):
             stage.main()
-    add_val_split(project)
     return project
 
 
