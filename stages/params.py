@@ -175,6 +175,12 @@ class TrainParams:
     """auto: bf16 on GPUs that support it, fp32 elsewhere (bf16 on a CPU without it is ~10x slower)."""
     completion_only_loss: bool = True
     """True: loss on the response only; False: on the whole chat text, as the reference did."""
+    padding_free: bool = True
+    """True: a micro-batch is its examples end to end, no padding, attention kept per example; False: padded (reference)."""
+    labelled_logits_only: bool = True
+    """True: the output layer scores only positions with a label, on CPU too (TRL does so on GPUs); False: all (reference)."""
+    use_liger_kernel: Literal["auto", True, False] = "auto"
+    """Liger's Triton kernels (package liger-kernel, GPU only): auto uses them on CUDA where installed; False: off (reference)."""
     gradient_checkpointing: bool = False
     """True cuts activation memory for long sequences at ~30% more compute."""
     save_steps: int = 200
@@ -369,10 +375,13 @@ def _coerce(value: Any, hint: Any, key: str, bad: list[str]) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         choices = typing.get_args(hint)
+        if isinstance(value, bool) and value in choices:  # e.g. Literal["auto", True, False]
+            return value
         text = value.strip() if isinstance(value, str) else None
         if text in choices:
             return text
-        bad.append(f"{key} must be one of {', '.join(choices)}, got {_short(value)}")
+        names = [str(c).lower() if isinstance(c, bool) else c for c in choices]
+        bad.append(f"{key} must be one of {', '.join(names)}, got {_short(value)}")
         return _INVALID
     if origin is list:
         if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):

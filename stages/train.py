@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import resource
 import time
@@ -28,12 +29,48 @@ def dataset(frame: pd.DataFrame):
     return Dataset.from_list(prompts.conversations(frame))
 
 
+def padding_free(p: params.Params) -> bool:
+    """Whether micro-batches are padding-free: one row of examples end to end, with position ids that restart
+    at 0 for each, from which transformers builds a block-diagonal causal mask (sdpa, eager) or varlen
+    flash-attention calls, so no example attends to another. TRL does not cut such rows to max_length:
+    prepare.too_long: drop must have removed longer examples already."""
+    if p.train.padding_free and p.prepare.too_long != "drop":
+        raise params.ParamsError(
+            f"train.padding_free: true cannot cut examples to prepare.max_length ({p.prepare.max_length}) as "
+            f"prepare.too_long: {p.prepare.too_long} asks; set prepare.too_long: drop, or train.padding_free: false")
+    return p.train.padding_free
+
+
+def liger_kernel(setting, on_gpu: bool) -> bool:
+    """auto: Liger's Triton kernels where they can run (a CUDA GPU, package liger-kernel installed)."""
+    available = on_gpu and importlib.util.find_spec("liger_kernel") is not None
+    if setting is True and not available:
+        raise params.ParamsError("train.use_liger_kernel: true needs a CUDA GPU and the liger-kernel package "
+                                 "(pip install liger-kernel); set it to auto or false")
+    return available if setting == "auto" else setting
+
+
+def labelled_logits_only(enabled: bool) -> None:
+    """TRL's fused output layer scores only the positions that have a label (response tokens, not prompt or
+    padding) on GPUs, but every position elsewhere (fixed shapes for XLA/Neuron compilers), which on a CPU
+    is work thrown away. enabled: CPUs score only labelled positions too; same loss and gradients.
+    Process-wide (TRL decides per call): sft_config sets it for the run it configures."""
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils
+
+    stock = chunked_logprob._use_triton
+    if hasattr(utils, "_use_triton"):  # a TRL without it: stock behaviour, tests/test_packing.py says so
+        utils._use_triton = (lambda device: device.type == "cpu" or stock(device)) if enabled else stock
+
+
 def sft_config(p: params.Params, dtype: torch.dtype):
-    """The reference hyperparameters, mapped onto TRL's SFTConfig."""
+    """The reference hyperparameters, mapped onto TRL's SFTConfig, with the speed switches of params.yaml."""
     from trl import SFTConfig
 
     t = p.train
     on_gpu = torch.cuda.is_available()
+    free = padding_free(p)
+    labelled_logits_only(t.labelled_logits_only)
     return SFTConfig(
         output_dir=CHECKPOINT_DIR,
         num_train_epochs=t.epochs,
@@ -49,7 +86,11 @@ def sft_config(p: params.Params, dtype: torch.dtype):
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu,
-        max_length=p.prepare.max_length,
+        # Padded: TRL cuts to max_length. Padding-free: TRL refuses a max_length it would not enforce; prepare
+        # already dropped every longer example (measured with the same chat template and tokenizer).
+        max_length=None if free else p.prepare.max_length,
+        padding_free=free,
+        use_liger_kernel=liger_kernel(t.use_liger_kernel, on_gpu),
         completion_only_loss=t.completion_only_loss,
         gradient_checkpointing=t.gradient_checkpointing,
         save_strategy="steps",
