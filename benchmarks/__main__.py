@@ -17,7 +17,7 @@ from benchmarks import common  # noqa: E402
 
 # name -> module in benchmarks/; each has `run(quick: bool) -> dict` whose "table" is a list of
 # [label, value] rows to print, and whose other keys go to the JSON as they are.
-BENCHMARKS = {}
+BENCHMARKS = {"train": "train"}
 DEFAULT_JSON = common.REPO / "benchmarks" / "results" / "latest.json"
 
 

@@ -32,12 +32,12 @@ def dataset(frame: pd.DataFrame):
 def padding_free(p: params.Params) -> bool:
     """Whether micro-batches are padding-free: one row of examples end to end, with position ids that restart
     at 0 for each, from which transformers builds a block-diagonal causal mask (sdpa, eager) or varlen
-    flash-attention calls, so no example attends to another. TRL does not cut such rows to max_length:
-    prepare.too_long: drop must have removed longer examples already."""
+    flash-attention calls, so no example attends to another. TRL cuts examples to max_length only in
+    padded batches, so rows that prepare.too_long: truncate leaves for it to cut keep batches padded."""
     if p.train.padding_free and p.prepare.too_long != "drop":
-        raise params.ParamsError(
-            f"train.padding_free: true cannot cut examples to prepare.max_length ({p.prepare.max_length}) as "
-            f"prepare.too_long: {p.prepare.too_long} asks; set prepare.too_long: drop, or train.padding_free: false")
+        print(f"train: prepare.too_long: {p.prepare.too_long} leaves examples for the trainer to cut to "
+              f"prepare.max_length, which TRL does only in padded batches: train.padding_free does not apply")
+        return False
     return p.train.padding_free
 
 

@@ -220,11 +220,10 @@ def sft(prepare: dict | None = None, **train_params):
     return train.sft_config(params.parse(raw, ["lr", "prepare", "train"]), torch.float32)
 
 
-def test_padding_free_refuses_rows_it_would_not_truncate():
-    with pytest.raises(params.ParamsError, match="prepare.too_long: drop, or train.padding_free: false"):
-        sft(prepare={"too_long": "truncate"})
-    config = sft(padding_free=False, prepare={"too_long": "truncate"})
-    assert (config.padding_free, config.max_length) == (False, 512)
+@pytest.mark.parametrize("too_long, padded", [("drop", False), ("truncate", True)])
+def test_rows_left_for_the_trainer_to_cut_keep_batches_padded(too_long, padded):
+    config = sft(prepare={"too_long": too_long})  # padding-free asked for (the default)
+    assert (config.padding_free, config.max_length) == ((False, 512) if padded else (True, None))
 
 
 def test_liger_kernel_auto_is_off_without_a_gpu():
