@@ -19,6 +19,7 @@ from benchmarks import common  # noqa: E402
 # [label, value] rows to print, and whose other keys go to the JSON as they are.
 BENCHMARKS = {
     "data": "data",
+    "train": "train",
     "evaluate": "evaluate",
 }
 DEFAULT_JSON = common.REPO / "benchmarks" / "results" / "latest.json"

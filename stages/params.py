@@ -202,6 +202,12 @@ class TrainParams:
     """auto: bf16 on GPUs that support it, fp32 elsewhere (bf16 on a CPU without it is ~10x slower)."""
     completion_only_loss: bool = True
     """True: loss on the response only; False: on the whole chat text, as the reference did."""
+    padding_free: bool = True
+    """True: a micro-batch is its examples end to end, no padding, attention kept per example; False: padded (reference)."""
+    labelled_logits_only: bool = True
+    """True: the output layer scores only positions with a label, on CPU too (TRL does so on GPUs); False: all (reference)."""
+    use_liger_kernel: Literal["auto", True, False] = "auto"
+    """Liger's Triton kernels (package liger-kernel, GPU only): auto uses them on CUDA where installed; False: off (reference)."""
     gradient_checkpointing: bool = False
     """True cuts activation memory for long sequences at ~30% more compute."""
     save_steps: int = rule(200, ">= 1")
@@ -379,8 +385,12 @@ def _coerce(value: Any, hint: Any, key: str, bad: list[str]) -> Any:
 def _convert(value: Any, hint: Any) -> tuple[Any, str]:
     """(`value` as type `hint`, "") or (None, what a value of that type must be)."""
     if typing.get_origin(hint) is Literal:
-        text, choices = value.strip() if isinstance(value, str) else None, typing.get_args(hint)
-        return (text, "") if text in choices else (None, f"one of {', '.join(choices)}")
+        choices = typing.get_args(hint)
+        if isinstance(value, bool) and value in choices:  # Literal["auto", True, False]
+            return value, ""
+        text = value.strip() if isinstance(value, str) else None
+        names = [str(c).lower() if isinstance(c, bool) else c for c in choices]
+        return (text, "") if text in choices else (None, f"one of {', '.join(names)}")
     if typing.get_origin(hint) is list:
         if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
             return [v.strip() for v in value], ""

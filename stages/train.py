@@ -11,25 +11,23 @@ The recipe, in main():
 3. save: the adapter (and tokenizer) atomically; metrics/train.json holds what the run learned
    (losses, steps, tokens: the same bytes when rerun), metrics/train_speed.json how fast it went.
 
-With train.num_processes > 1, main() first starts itself again under `accelerate launch` (torchrun:
-one process per GPU with NCCL, or CPU processes with gloo), each process on its share of every
-optimizer step's batch; only the main process clears checkpoints, logs and writes outputs.
+With train.num_processes > 1, main() first starts itself again under `accelerate launch`
+(stages/distributed.py); only the main process clears checkpoints, logs and writes outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
-import os
 import resource
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from stages import checkpoints, errors, io, modeling, params, prompts
+from stages import checkpoints, distributed, errors, io, modeling, params, prompts
 
 BASE_DIR = "models/base"
 TRAIN_DATA = "data/processed/train.parquet"
@@ -48,13 +46,36 @@ def dataset(frame: pd.DataFrame):
     return Dataset.from_list(prompts.conversations(frame))
 
 
+def padding_free(p: params.Params) -> bool:
+    """Whether micro-batches are padding-free: one row of examples end to end, with position ids that restart
+    at 0 for each, from which transformers builds a block-diagonal causal mask (sdpa, eager) or varlen
+    flash-attention calls, so no example attends to another. TRL cuts examples to max_length only in
+    padded batches, so rows that prepare.too_long: truncate leaves for it to cut keep batches padded."""
+    if p.train.padding_free and p.prepare.too_long != "drop":
+        print(f"train: prepare.too_long: {p.prepare.too_long} leaves examples for the trainer to cut to "
+              f"prepare.max_length, which TRL does only in padded batches: train.padding_free does not apply")
+        return False
+    return p.train.padding_free
+
+
+def liger_kernel(setting, on_gpu: bool) -> bool:
+    """auto: Liger's Triton kernels where they can run (a CUDA GPU, package liger-kernel installed)."""
+    available = on_gpu and importlib.util.find_spec("liger_kernel") is not None
+    if setting is True and not available:
+        raise params.ParamsError("train.use_liger_kernel: true needs a CUDA GPU and the liger-kernel package "
+                                 "(pip install liger-kernel); set it to auto or false")
+    return available if setting == "auto" else setting
+
+
 def sft_config(p: params.Params, dtype: torch.dtype):
-    """The reference hyperparameters, mapped onto TRL's SFTConfig."""
+    """The reference hyperparameters, mapped onto TRL's SFTConfig, with the speed switches of params.yaml."""
     from trl import SFTConfig
 
     t = p.train
     on_gpu = torch.cuda.is_available()
-    batch_size, grad_accum = per_process_batch(t)
+    batch_size, grad_accum = distributed.per_process_batch(t)
+    free = padding_free(p)
+    labelled_logits_only(t.labelled_logits_only)
     return SFTConfig(
         output_dir=CHECKPOINT_DIR,
         num_train_epochs=t.epochs,
@@ -70,7 +91,11 @@ def sft_config(p: params.Params, dtype: torch.dtype):
         bf16=on_gpu and dtype == torch.bfloat16,
         fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu,
-        max_length=p.prepare.max_length,
+        # Padded: TRL cuts to max_length. Padding-free: TRL refuses a max_length it would not enforce; prepare
+        # already dropped every longer example (measured with the same chat template and tokenizer).
+        max_length=None if free else p.prepare.max_length,
+        padding_free=free,
+        use_liger_kernel=liger_kernel(t.use_liger_kernel, on_gpu),
         completion_only_loss=t.completion_only_loss,
         gradient_checkpointing=t.gradient_checkpointing,
         save_strategy="steps",
@@ -170,111 +195,21 @@ def final_evaluation(trainer) -> dict:
     return at_end[-1] if at_end else trainer.evaluate()
 
 
-# ---------------------------------------------------------------- several processes
-
-
-def per_process_batch(t: params.TrainParams) -> tuple[int, int]:
-    """(per-device batch, accumulation steps) so that an optimizer step still sees batch_size * grad_accum examples.
-
-    Each of train.num_processes processes takes an equal share (params checks it divides). The accumulation
-    is divided when it can be (batch 2 x accum 4 on 2 processes: 2 x 2 each); otherwise the per-device
-    batch shrinks, never grows (memory), to the largest size that divides the share (2 x 1 on 2: 1 x 1).
-    Every process draws from the same seeded order, so a step covers the same examples at any count.
-    """
-    share = t.batch_size * t.grad_accum // t.num_processes
-    batch = max(b for b in range(1, t.batch_size + 1) if share % b == 0)
-    return batch, share // batch
-
-
-def launched() -> bool:
-    """Whether a launcher (accelerate launch --multi_gpu, torchrun) started this process as one of its set."""
-    return "WORLD_SIZE" in os.environ
-
-
-def processes_started() -> int:
-    """How many processes a launcher started (torchrun's WORLD_SIZE), 1 under plain `python -m stages.train`."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def launch_command(processes: int) -> list[str]:
-    """`accelerate launch` of this stage on this machine. --multi_gpu selects torchrun, which also runs CPU
-    processes (the stage sets use_cpu, so accelerate picks gloo); port 0: a free one, so runs never collide.
-    Precision is the stage's own (train.precision), so accelerate's is left at no."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-            "--num_processes", str(processes), "--main_process_port", "0", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "-m", "stages.train"]
-
-
-def cpu_threads(processes: int, cores: int, requested: int | None) -> int:
-    """Threads per CPU process: the cores shared out (2 processes on 2 cores: 1 each), never above OMP_NUM_THREADS."""
-    share = max(1, cores // processes)
-    return min(share, requested) if requested else share
-
-
-LAUNCHER_PID = "TRAIN_LAUNCHER_PID"
-
-
-def relaunch(processes: int) -> None:
-    """Replace this process (DVC's child: Ctrl-C and SIGTERM reach it) with accelerate's launcher, which
-    starts `processes` copies of the stage and stops them all when it is stopped."""
-    env = {**os.environ, LAUNCHER_PID: str(os.getpid())}  # the launcher keeps this pid
-    if not torch.cuda.is_available():
-        requested = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else None
-        env["OMP_NUM_THREADS"] = str(cpu_threads(processes, len(os.sched_getaffinity(0)), requested))
-    command = launch_command(processes)
-    print(f"train: starting {processes} processes: accelerate launch {' '.join(command[3:])}", flush=True)
-    sys.stderr.flush()
-    os.execve(sys.executable, command, env)
-
-
-def die_with_launcher() -> None:
-    """torchrun starts each process in a session of its own, so a launcher killed outright (SIGKILL, where
-    it cannot stop them first) would leave them training and writing beside the rerun: on Linux, ask the
-    kernel to kill this process with its parent, and stop now if that parent is already gone."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.environ.get(LAUNCHER_PID) not in (None, str(os.getppid())):
-        sys.exit("train: error: the launcher died while this process started")
-
-
-def check_process_count(t: params.TrainParams) -> None:
-    """A launch by hand must match params: dvc.lock records train.num_processes, and the batch split follows it."""
-    started = processes_started()
-    if started != t.num_processes:
-        raise params.ParamsError(
-            f"{params.PARAMS_FILE}: 1 problem(s):\n  train.num_processes is {t.num_processes}, but the launcher started "
-            f"{started} processes: set train.num_processes: {started}, or run `python -m stages.train` (or dvc repro), "
-            "which starts train.num_processes processes itself")
-
-
-def processes_note(t: params.TrainParams) -> str:
-    """For the start line: the process count, backend and CPU threads (empty for one process)."""
-    if t.num_processes == 1:
-        return ""
-    batch, accum = per_process_batch(t)
-    threads = "" if torch.cuda.is_available() else f", {torch.get_num_threads()} thread(s) each"
-    return (f"{t.num_processes} processes ({torch.distributed.get_backend()}{threads}; batch {batch} x accum {accum} "
-            f"each = {t.batch_size * t.grad_accum} per step), ")
-
-
-def is_main(args) -> bool:
-    """The one process (of all machines) that clears checkpoints, logs and writes outputs."""
-    return args.process_index == 0
-
-
-def from_main(args, fn, *fn_args):
-    """fn(*fn_args), run on the main process only, its result handed to every process."""
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([fn(*fn_args) if is_main(args) else None])[0]
-
-
 # ---------------------------------------------------------------- library workarounds
 # Written for trl 1.16.0, peft 0.21.2 and transformers 5.24.0: delete each one when its library fixes it.
+
+
+def labelled_logits_only(enabled: bool) -> None:
+    """TRL's fused output layer scores only the positions that have a label (response tokens, not prompt or
+    padding) on GPUs, but every position elsewhere (fixed shapes for XLA/Neuron compilers), which on a CPU
+    is work thrown away. enabled: CPUs score only labelled positions too; same loss and gradients.
+    Process-wide (TRL decides per call): sft_config sets it for the run it configures."""
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils
+
+    stock = chunked_logprob._use_triton
+    if hasattr(utils, "_use_triton"):  # a TRL without it: stock behaviour, tests/test_packing.py says so
+        utils._use_triton = (lambda device: device.type == "cpu" or stock(device)) if enabled else stock
 
 
 def keep_lora_weights_fp32(model) -> None:
@@ -323,8 +258,8 @@ def build(p: params.Params) -> Run:
 
     dtype = modeling.compute_dtype(p.train.precision)
     args = checked_sft_config(p, dtype)  # before checkpoints are cleared: a typo must not cost a run
-    main = is_main(args)
-    resume_from = from_main(args, lambda: checkpoints.resume_point(CHECKPOINT_DIR, run_id(p), p.train.num_processes))
+    main = distributed.is_main(args)
+    resume_from = distributed.from_main(args, lambda: checkpoints.resume_point(CHECKPOINT_DIR, run_id(p), p.train.num_processes))
     if resume_from and main:
         checkpoints.rewind_live(LIVE_DIR, checkpoints.step_of(resume_from))  # rows logged after the checkpoint
     tokenizer = modeling.load_tokenizer(BASE_DIR)
@@ -347,7 +282,7 @@ def build(p: params.Params) -> Run:
     tokens_before = int(checkpoints.last_logged(resume_from, "num_tokens") or 0) if resume_from else 0
     restore_token_count(trainer, tokens_before)
     if main:
-        print(f"train: {modeling.device()}, {dtype}, {processes_note(p.train)}base {p.model.base} "
+        print(f"train: {modeling.device()}, {dtype}, {distributed.processes_note(p.train)}base {p.model.base} "
               f"({p.model.quantization}), lr {p.lr:g}" + (f", resuming from {resume_from}" if resume_from else ""))
     return Run(trainer, live, tokenizer, resume_from, tokens_before)
 
@@ -392,7 +327,7 @@ def fit(run: Run, p: params.Params) -> tuple[dict, dict]:
 
 
 def save(run: Run, p: params.Params, learned: dict, speed: dict) -> None:
-    if not is_main(run.trainer.args):
+    if not distributed.is_main(run.trainer.args):
         return
     model = run.trainer.model
     model.peft_config["default"].base_model_name_or_path = p.model.base
@@ -408,11 +343,11 @@ def save(run: Run, p: params.Params, learned: dict, speed: dict) -> None:
 
 def main() -> None:
     p = params.load("lr", "prepare", "model", "train")
-    if launched():
-        die_with_launcher()
+    if distributed.launched():
+        distributed.die_with_launcher()
     elif p.train.num_processes > 1:
-        relaunch(p.train.num_processes)  # does not return
-    check_process_count(p.train)
+        distributed.relaunch(p.train.num_processes)  # does not return
+    distributed.check_process_count(p.train)
     run = build(p)
     learned, speed = fit(run, p)
     save(run, p, learned, speed)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from stages import checkpoints, params, train
+from stages import checkpoints, distributed, params, train
 
 MAX_STEPS, SAVE_STEPS = 6, 2
 PARAMS = {
@@ -58,7 +58,7 @@ def train_params(**changes) -> params.TrainParams:
 ])
 def test_every_optimizer_step_keeps_the_effective_batch(batch, accum, processes, expected):
     t = train_params(batch_size=batch, grad_accum=accum, num_processes=processes)
-    per_batch, per_accum = train.per_process_batch(t)
+    per_batch, per_accum = distributed.per_process_batch(t)
     assert (per_batch, per_accum) == expected
     assert per_batch * per_accum * processes == batch * accum and per_batch <= batch
 
@@ -93,13 +93,13 @@ def test_process_count_must_divide_the_effective_batch(changes, problem):
     (4, 2, None, 1),
 ])
 def test_cpu_threads_share_the_cores(processes, cores, requested, expected):
-    assert train.cpu_threads(processes, cores, requested) == expected
+    assert distributed.cpu_threads(processes, cores, requested) == expected
 
 
 def test_launch_command_is_a_valid_accelerate_launch():
     from accelerate.commands.launch import launch_command_parser
 
-    command = train.launch_command(4)
+    command = distributed.launch_command(4)
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     args = launch_command_parser().parse_args(command[3:])
     assert args.multi_gpu and args.num_processes == 4 and args.num_machines == 1
@@ -115,11 +115,11 @@ def test_a_launch_by_hand_must_match_params(monkeypatch, world_size, num_process
         monkeypatch.setenv("WORLD_SIZE", world_size)
     t = train_params(num_processes=num_processes)
     if ok:
-        train.check_process_count(t)
+        distributed.check_process_count(t)
     else:
         with pytest.raises(params.ParamsError, match=rf"train.num_processes is {num_processes}, but the launcher "
                                                      rf"started {world_size} processes"):
-            train.check_process_count(t)
+            distributed.check_process_count(t)
 
 
 # ---------------------------------------------------------------- 2 CPU processes against one

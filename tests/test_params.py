@@ -115,6 +115,8 @@ BAD = [
     ({"train": {"gradient_checkpointing": 1}}, ["train"],
      ["train.gradient_checkpointing must be true or false, got 1"]),
     ({"train": {"seed": -1}}, ["train"], ["train.seed must be in [0, 2**32), got -1"]),
+    ({"train": {"use_liger_kernel": "maybe"}}, ["train"], ["train.use_liger_kernel must be one of auto, true, false, got 'maybe'"]),
+    ({"train": {"padding_free": "yes"}}, ["train"], ["train.padding_free must be true or false, got 'yes'"]),
     ({"train": {"num_processes": 0}}, ["train"], ["train.num_processes must be >= 1, got 0"]),
     ({"train": {"lora": {"r": 0}}}, ["train"], ["train.lora.r must be >= 1, got 0"]),
     ({"train": {"lora": {"alpha": 0}}}, ["train"], ["train.lora.alpha must be > 0, got 0"]),

@@ -24,7 +24,7 @@ def test_adapter_config_is_written_in_a_stable_order(tmp_path):
 
 
 def test_sft_config_maps_the_reference_hyperparameters():
-    p = params.parse({}, ["lr", "prepare", "train"])
+    p = params.parse({"train": {"padding_free": False}}, ["lr", "prepare", "train"])  # default: test_packing.py
     config = train.sft_config(p, train.torch.float32)
     assert (config.learning_rate, config.num_train_epochs) == (1e-5, 2)
     assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (2, 4)
