@@ -15,11 +15,11 @@ from stages import checkpoints, errors, io, modeling, params, prompts
 BASE_DIR = "models/base"
 TRAIN_DATA = "data/processed/train.parquet"
 TEST_DATA = "data/processed/test.parquet"
-CHECKPOINT_DIR = "models/checkpoints"  # DVC persist: survives reruns, cleared when the run changes
+CHECKPOINT_DIR = "models/checkpoints"  # not a DVC output: kept across runs, cleared by run_id when inputs change
 ADAPTER_OUT = "models/adapter"
 LIVE_DIR = "metrics/train_live"  # dvclive's per-step logs, drawn by `dvc plots show`
 METRICS_OUT = "metrics/train.json"
-CODE = ("stages/train.py", "stages/modeling.py", "stages/prompts.py")
+STAGE = "train"  # run_id covers this dvc.yaml stage's deps and params: one list of train's inputs
 
 
 def dataset(frame: pd.DataFrame):
@@ -93,10 +93,9 @@ def step_aligned_dvclive():
 
 
 def run_id(p: params.Params) -> str:
-    """Checkpoints are reused only by a run with these exact settings, data, base and code."""
-    settings = {"lr": p.lr, "max_length": p.prepare.max_length, "base": p.model.base,
-                "quantization": p.model.quantization, "train": dataclasses.asdict(p.train)}
-    return checkpoints.fingerprint(settings, [TRAIN_DATA, TEST_DATA, BASE_DIR, *CODE])
+    """Checkpoints are reused only by a run with the same deps (code, data, base) and params as dvc.yaml lists."""
+    deps, keys = checkpoints.stage_inputs(STAGE, p)
+    return checkpoints.fingerprint({key: checkpoints.param_value(p, key) for key in keys}, deps)
 
 
 def oom_advice(t: params.TrainParams, max_length: int) -> str:
