@@ -17,7 +17,9 @@ from benchmarks import common  # noqa: E402
 
 # name -> module in benchmarks/; each has `run(quick: bool) -> dict` whose "table" is a list of
 # [label, value] rows to print, and whose other keys go to the JSON as they are.
-BENCHMARKS = {}
+BENCHMARKS = {
+    "dvc": "dvc",  # no-op repro / status seconds, disk used by outputs + cache
+}
 DEFAULT_JSON = common.REPO / "benchmarks" / "results" / "latest.json"
 
 
