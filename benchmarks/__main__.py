@@ -21,6 +21,7 @@ BENCHMARKS = {
     "data": "data",
     "train": "train",
     "evaluate": "evaluate",
+    "dvc": "dvc",
 }
 DEFAULT_JSON = common.REPO / "benchmarks" / "results" / "latest.json"
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
-from stages import errors, io, modeling, params
+from stages import base_source, errors, io, modeling, params
 
 OUT = "models/base"
 TINY_CORPUS = "data/raw/finance_alpaca.parquet"  # the embedded sample; the tiny tokenizer is trained on it
@@ -34,6 +36,8 @@ def main() -> None:
             source = {"kind": "tiny", "parameters": sum(t.numel() for t in model.parameters())}
         else:
             source = modeling.resolve_pretrained(cfg.base, cfg.revision)
+            if source["kind"] == "local":  # new weights in the same directory change models/base: downstream reruns
+                source["sha256"] = base_source.fingerprint(Path(source["path"]))["sha256"]
             tokenizer = modeling.load_tokenizer(source["path"])
             tokenizer.save_pretrained(tmp)  # small; downstream stages read the tokenizer from here
             io.write_json(tmp / modeling.SOURCE_FILE, source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,6 +12,9 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from stages.errors import StageError
+
+PIPELINE = "dvc.yaml"
 FINGERPRINT_FILE = "fingerprint.json"
 TRAINER_STATE = "trainer_state.json"
 RNG_STATE = "rng_state.pth"
@@ -40,6 +44,39 @@ def fingerprint(settings: dict, inputs: list[str | os.PathLike]) -> str:
     for path in inputs:
         h.update(file_digest(path).encode())
     return h.hexdigest()
+
+
+def param_value(p, key: str):
+    """The value of a dotted params key (`train.lora.r`, `lr`) in a loaded Params, sections as plain dicts."""
+    value = p
+    for part in key.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            raise StageError(f"{PIPELINE} lists params key {key!r}, which this stage did not load from params.yaml")
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def stage_inputs(stage: str, p=None, pipeline: str | os.PathLike = PIPELINE) -> tuple[list[str], list[str]]:
+    """A stage's deps (`${key}` filled in from `p`) and params keys, as dvc.yaml lists them.
+
+    The one list of what a stage reads: DVC reruns the stage when one changes, and the stage's own
+    fingerprint of resumable state covers the same list, so the two cannot drift.
+    """
+    import yaml
+
+    try:
+        spec = (yaml.safe_load(Path(pipeline).read_text()) or {}).get("stages", {})[stage]
+    except (OSError, yaml.YAMLError, KeyError, AttributeError) as e:
+        raise StageError(f"{pipeline}: cannot read stage {stage!r} ({type(e).__name__}: {e}); "
+                         "run from the project root") from e
+    keys = []
+    for entry in spec.get("params", []):
+        if not isinstance(entry, str):  # `- other.yaml: [keys]`: not a params.yaml key this code can look up
+            raise StageError(f"{pipeline}: stage {stage!r} lists params {entry!r}; only params.yaml keys are supported")
+        keys.append(entry)
+    fill = lambda m: str(param_value(p, m.group(1)))  # noqa: E731
+    deps = [re.sub(r"\$\{\s*([\w.]+)\s*\}", fill, dep) for dep in spec.get("deps", [])]
+    return deps, keys
 
 
 def step_of(checkpoint: str | os.PathLike) -> int:

@@ -32,12 +32,12 @@ from stages import checkpoints, distributed, errors, io, modeling, params, promp
 BASE_DIR = "models/base"
 TRAIN_DATA = "data/processed/train.parquet"
 VAL_DATA = "data/processed/val.parquet"
-CHECKPOINT_DIR = "models/checkpoints"  # survives reruns; cleared when the run changes
+CHECKPOINT_DIR = "models/checkpoints"  # not a DVC output: kept across runs, cleared by run_id when inputs change
 ADAPTER_OUT = "models/adapter"
 LIVE_DIR = "metrics/train_live"  # dvclive's per-step logs, drawn by `dvc plots show`
 METRICS_OUT = "metrics/train.json"
 SPEED_OUT = "metrics/train_speed.json"  # seconds, tokens/s, memory: differ run to run, kept apart
-CODE = ("stages/train.py", "stages/modeling.py", "stages/prompts.py")
+STAGE = "train"  # run_id covers this dvc.yaml stage's deps and params: one list of train's inputs
 
 
 def dataset(frame: pd.DataFrame):
@@ -143,23 +143,24 @@ def lora_config(t: params.TrainParams):
 
 
 def step_aligned_dvclive():
-    """transformers' DVCLiveCallback, with the x axis at the trainer's global step, not the log count."""
+    """transformers' DVCLiveCallback, with the x axis at the trainer's global step, not the log count, and
+    without the timings (runtime, per-second rates): the committed curves change only when training does."""
     from transformers.integrations import DVCLiveCallback
 
     class StepAlignedDVCLiveCallback(DVCLiveCallback):
-        def on_log(self, args, state, control, **kwargs):
+        def on_log(self, args, state, control, logs=None, **kwargs):
             if self.live is not None:
                 self.live.step = state.global_step
-            super().on_log(args, state, control, **kwargs)
+            logs = {k: v for k, v in (logs or {}).items() if "runtime" not in k and "per_second" not in k}
+            super().on_log(args, state, control, logs=logs, **kwargs)
 
     return StepAlignedDVCLiveCallback
 
 
 def run_id(p: params.Params) -> str:
-    """Checkpoints are reused only by a run with these exact settings, data, base and code."""
-    settings = {"lr": p.lr, "max_length": p.prepare.max_length, "base": p.model.base,
-                "quantization": p.model.quantization, "train": dataclasses.asdict(p.train)}
-    return checkpoints.fingerprint(settings, [TRAIN_DATA, VAL_DATA, BASE_DIR, *CODE])
+    """Checkpoints are reused only by a run with the same deps (code, data, base) and params as dvc.yaml lists."""
+    deps, keys = checkpoints.stage_inputs(STAGE, p)
+    return checkpoints.fingerprint({key: checkpoints.param_value(p, key) for key in keys}, deps)
 
 
 def oom_advice(t: params.TrainParams, max_length: int) -> str:

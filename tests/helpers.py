@@ -82,6 +82,7 @@ def make_project(root: Path, params: dict | None = None, git: bool = True) -> Pa
     if git:
         run(["git", "init", "-q"], cwd=project)
         dvc("init", "-q", cwd=project)
+        shutil.copy(REPO / ".dvc/config", project / ".dvc/config")  # the project's cache link type
         dvc("config", "core.autostage", "true", cwd=project)
     shutil.copytree(REPO / ".dvc/plots", project / ".dvc/plots")  # the table template for samples
     if git:

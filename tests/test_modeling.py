@@ -84,7 +84,7 @@ def test_local_directory_base(tmp_path, tiny_base):
     write_params(project, {"model": {"base": str(tiny_base)}})
     stage("base", cwd=project)
     source = json.loads((project / "models/base/source.json").read_text())
-    assert source == {"kind": "local", "path": str(tiny_base.resolve())}
+    assert source.items() >= {"kind": "local", "path": str(tiny_base.resolve())}.items()  # + its sha256
     assert (project / "models/base/tokenizer.json").is_file()
     assert not (project / "models/base/model.safetensors").exists()  # no second copy of the weights
     model = modeling.load_model(project / "models/base", "8bit")
