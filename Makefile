@@ -19,12 +19,15 @@ $(STAMP): requirements.txt
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# Two workers, one test file each at a time (module fixtures are built once); one thread per
+# process: the tiny models gain nothing from more, and spinning OpenMP threads slow the other worker.
+TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 # The edit loop: everything but the tests marked slow (stages and pipelines in subprocesses).
 test-fast: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow" tests
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 # The offline report (metrics/report.html), after whatever it depends on.
 report: setup

@@ -145,8 +145,8 @@ def check_outputs(project: Path) -> list[str]:
     evaluation = read("metrics/eval.json")
     for key in ("base.eval_loss", "tuned.eval_loss"):
         finite(key, evaluation.get(key))
-    settings = {k: v for k, v in evaluation.items() if "repetition_penalty" in k}
-    if settings and any(v != 1.0 for v in settings.values()):
+    settings = {k: v for k, v in read("metrics/generation.json").items() if "repetition_penalty" in k}
+    if not settings or any(v != 1.0 for v in settings.values()):
         problems.append(f"generation used {settings}, expected no repetition penalty (greedy)")
     merge = read("metrics/merge.json")
     if merge and not merge.get("max_abs_logit_diff", math.inf) <= merge.get("tolerance", 0):

@@ -1,4 +1,5 @@
-"""evaluate: the fine-tuned model on the test split, next to the base -> metrics/eval.json, samples."""
+"""evaluate: the fine-tuned model on the test split, next to the base -> metrics/eval.json, samples,
+and the generation settings both answered with (metrics/generation.json)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ BASE_RESULTS = "data/eval/base.json"
 METRICS_OUT = "metrics/eval.json"
 SAMPLES_OUT = "metrics/samples.jsonl"
 SAMPLES_PLOT = "metrics/samples.json"  # the same rows as a JSON list: `dvc plots` reads no JSONL
+GENERATION_OUT = "metrics/generation.json"  # how the answers were produced: every decoding knob
 
 
 def compare(base: dict, tuned: dict) -> dict:
@@ -60,8 +62,9 @@ def main() -> None:
     io.write_jsonl(SAMPLES_OUT, samples)
     io.write_json(SAMPLES_PLOT, samples)
     generation = same_generation(base.get("generation", {}), evaluation.settings_report(tokenizer, p.evaluate))
-    metrics = {**compare(base["metrics"], tuned), **generation}
+    metrics = compare(base["metrics"], tuned)
     io.write_json(METRICS_OUT, metrics)
+    io.write_json(GENERATION_OUT, generation)  # not in eval.json: a list (the end tokens) is no metric
     print(f"evaluate: loss {metrics['base.eval_loss']:.4f} -> {metrics['tuned.eval_loss']:.4f} "
           f"(delta {metrics['delta.eval_loss']:+.4f}) -> {METRICS_OUT}")
 

@@ -222,8 +222,8 @@ def generate(model, tokenizer, conversations: list[dict], batch_size: int, max_n
 
 
 def settings_report(tokenizer, cfg) -> dict:
-    """How evaluate_model's answers were produced, every knob, as flat generation.* keys for the
-    metrics file (generation.sampled.* too when evaluate.do_sample)."""
+    """How evaluate_model's answers were produced, every knob, as flat generation.* keys
+    (generation.sampled.* too when evaluate.do_sample)."""
     ends, pad = end_token_ids(tokenizer), tokenizer.pad_token_id
     report = {f"generation.{k}": v for k, v in generation_settings(cfg.max_new_tokens, ends, pad).items()}
     if cfg.do_sample:

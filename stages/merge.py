@@ -26,12 +26,6 @@ METRICS_OUT = "metrics/merge.json"
 SUBSET_SEED = 0  # merge.eval_rows picks the same rows on every run
 
 # What shaped the weights, shown in the card (dvc.yaml lists each under the merge stage's params).
-CARD_HYPERPARAMETERS = (
-    "lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum", "train.optim",
-    "train.lr_scheduler", "train.warmup_ratio", "train.weight_decay", "train.precision",
-    "train.completion_only_loss", "train.seed", "train.lora.r", "train.lora.alpha", "train.lora.dropout",
-    "train.lora.target_modules", "prepare.max_length", "model.quantization",
-)
 CARD_METRICS = ("eval_loss", "perplexity", "mean_token_accuracy", "entropy", "rougeL_f1", "chrf", "exact_match",
                 "stopped_fraction")
 CARD_TAGS = ["lora", "peft", "trl", "sft", "merged"]
@@ -115,11 +109,16 @@ def flat(prefix: str, metrics: dict) -> dict:
 # ---------------------------------------------------------------- model card
 
 
-def lookup(p: params.Params, dotted: str):
-    value = p
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
+def card_hyperparameters(p: params.Params) -> dict:
+    """The settings that shaped the weights, for the model card (dvc.yaml lists each as a merge param)."""
+    t = p.train
+    return {"lr": p.lr, "train.epochs": t.epochs, "train.max_steps": t.max_steps, "train.batch_size": t.batch_size,
+            "train.grad_accum": t.grad_accum, "train.optim": t.optim, "train.lr_scheduler": t.lr_scheduler,
+            "train.warmup_ratio": t.warmup_ratio, "train.weight_decay": t.weight_decay, "train.precision": t.precision,
+            "train.completion_only_loss": t.completion_only_loss, "train.seed": t.seed, "train.lora.r": t.lora.r,
+            "train.lora.alpha": t.lora.alpha, "train.lora.dropout": t.lora.dropout,
+            "train.lora.target_modules": t.lora.target_modules, "prepare.max_length": p.prepare.max_length,
+            "model.quantization": p.model.quantization}
 
 
 def base_license(weights_dir: str) -> str:
@@ -278,7 +277,7 @@ def card(p: params.Params, data_counts: dict, eval_metrics: dict, merge_metrics:
     revision = json.loads(source.read_text()).get("revision") if source.is_file() else None
     return model_card(base=p.model.base, revision=revision, license=base_license(modeling.weights_dir(BASE_DIR)),
                       export_dtype=merge_metrics["export_dtype"], data_path=p.data.path, data_counts=data_counts,
-                      hyperparameters={k: lookup(p, k) for k in CARD_HYPERPARAMETERS},
+                      hyperparameters=card_hyperparameters(p),
                       evaluation_metrics=eval_metrics, merge_metrics=merge_metrics)
 
 

@@ -389,9 +389,9 @@ def main(argv: list[str] | None = None) -> None:
 
         from stages import modeling
 
-        max_length = params.load("prepare").prepare.max_length
+        p = params.load("prepare")
         lengths = token_lengths(modeling.load_tokenizer(BASE_DIR), pd.read_parquet(TRAIN_DATA))
-        text, out = run_page(load_run(workspace_reader, ""), lengths, max_length), args.output or OUT
+        text, out = run_page(load_run(workspace_reader, ""), lengths, p.prepare.max_length), args.output or OUT
     with io.atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
     print(f"report: {len(text) // 1024} KiB -> {out}")

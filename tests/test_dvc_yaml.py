@@ -43,7 +43,6 @@ OUTSIDE_DVC = {
 NOT_IN_CODE = {
     ("ingest", "deps", "${data.path}"): "the input file is named by a param",
     ("base", "deps", "models/base_source.json"): "orders base after base_source, which notices edits in a local model",
-    # until train.py writes it itself (the integrator's split of train.json); then drop this line
 }
 WRITER = re.compile(r"^(write|atomic_path$)")  # io.write_json, io.atomic_path, ...
 READER = re.compile(r"^(read|load)_?|^check_adapter$")  # pd.read_parquet, io.read_json, modeling.load_model...

@@ -340,13 +340,3 @@ def test_base_license_is_inherited(tmp_path):
     assert merge.base_license(str(tmp_path)) == "unknown"
     (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Qwen2\n")
     assert merge.base_license(str(tmp_path)) == "apache-2.0"
-
-
-def test_dvc_yaml_lists_what_merge_reads():
-    stage_ = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["merge"]
-    listed = set(stage_["params"])
-    for key in merge.CARD_HYPERPARAMETERS + ("prepare.max_length", "evaluate.batch_size", "data.path", "model.base"):
-        assert any(key == entry or key.startswith(entry + ".") for entry in listed), key
-    for path in (merge.TEST_DATA, merge.BASE_DIR, merge.ADAPTER_DIR, merge.DATA_METRICS, merge.EVAL_METRICS,
-                 "stages/evaluation.py"):
-        assert path in stage_["deps"], path

@@ -62,7 +62,7 @@ def test_repro_runs_every_stage_and_writes_outputs(reproduced, tmp_path):
     assert ran(first.stdout) == ALL_STAGES
     data = json.loads((project / "metrics/data.json").read_text())
     assert data["train"] + data["val"] + data["test"] == data["sampled"] == 120
-    assert data["rows_read"] == data["rows_kept"] + data["dropped_total"]
+    assert data["rows_read"] == data["rows_kept"] + data["dropped_total"] + data["rows_unchecked"]
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json"):
         assert (project / "models/adapter" / name).is_file()
     from safetensors.torch import load_file
@@ -110,11 +110,12 @@ def test_lr_experiment_reruns_only_what_lr_touches(reproduced):
     commit(project, "lr 2e-5")
 
 
-def test_evaluate_param_reruns_only_evaluation(reproduced):
+def test_evaluate_param_reruns_evaluation_and_what_reports_it(reproduced):
     project, _ = reproduced
     write_params(project, {"evaluate": {"max_new_tokens": 6}})
     result = dvc("repro", cwd=project)
-    assert ran(result.stdout) == {"base_source", "evaluate_base", "evaluate", "report"}
+    # merge too: the model card carries the evaluation's metrics
+    assert ran(result.stdout) == {"base_source", "evaluate_base", "evaluate", "merge", "report"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     assert any(key.endswith("generated_tokens_mean") for key in diff.get("metrics/eval.json", {}))
     restore(project)
@@ -155,7 +156,7 @@ VARYING = {"metrics/train_speed.json": "seconds, tokens/s, peak memory"}
 REPRODUCED = {
     "prepare": ["metrics/data.json"],
     "evaluate_base": [],
-    "evaluate": ["metrics/eval.json", "metrics/samples.jsonl", "metrics/samples.json"],
+    "evaluate": ["metrics/eval.json", "metrics/samples.jsonl", "metrics/samples.json", "metrics/generation.json"],
     "merge": ["metrics/merge.json"],
     "train": ["metrics/train.json", "metrics/train_live"],
 }
