@@ -15,14 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks import common  # noqa: E402
 
-# name -> module in benchmarks/; each has `run(quick: bool) -> dict` whose "table" is a list of
-# [label, value] rows to print, and whose other keys go to the JSON as they are.
-BENCHMARKS = {
-    "data": "data",
-    "train": "train",
-    "evaluate": "evaluate",
-    "dvc": "dvc",
-}
+# Modules in benchmarks/, each with `run(quick: bool) -> dict` whose "table" is a list of [label, value]
+# rows to print, and whose other keys go to the JSON as they are.
+BENCHMARKS = ("data", "train", "evaluate", "dvc")
 DEFAULT_JSON = common.REPO / "benchmarks" / "results" / "latest.json"
 
 
@@ -46,9 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     report = {"machine": common.machine(), "versions": common.versions(), "quick": args.quick,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "benchmarks": {}}
     print(f"machine: {report['machine']}")
-    for name in args.only or list(BENCHMARKS):
+    for name in args.only or BENCHMARKS:
         start = time.perf_counter()
-        result = importlib.import_module(f"benchmarks.{BENCHMARKS[name]}").run(quick=args.quick)
+        result = importlib.import_module(f"benchmarks.{name}").run(quick=args.quick)
         result["seconds"] = round(time.perf_counter() - start, 1)
         report["benchmarks"][name] = result
         print_table(name, result.get("table", []))

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,6 @@ QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, 
 SHIPPED_GENERATION = dict(bos_token_id=151643, pad_token_id=151643, do_sample=True, eos_token_id=[151645, 151643],
                           repetition_penalty=1.1, temperature=0.7, top_p=0.8, top_k=20)
 SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
-PROJECT_FILES = ("stages", "data/raw", ".dvc/plots", "dvc.yaml", "params.yaml", "requirements.txt")
 
 # A handful of rows and steps: about 9 tokens/s of training on a 2-core CPU.
 CPU_PARAMS = {
@@ -76,39 +73,6 @@ def build_model_dir(out: Path) -> dict:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"parameters": sum(p.numel() for p in model.parameters()), "special_ids": ids}
-
-
-def make_project(root: Path, changes: dict) -> Path:
-    project = root / "project"
-    for name in PROJECT_FILES:
-        src, dst = common.REPO / name, project / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in changes.items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                (raw.setdefault(section, {}))[key] = value
-        else:
-            raw[section] = values
-    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    return project
-
-
-def run_stage(name: str, project: Path) -> dict:
-    """`python -m stages.<name>`; its wall time and its own peak RSS (os.wait4 gives the child's)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    log = project / f"{name}.log"
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=project, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"check_real: stage {name} failed ({code}):\n{log.read_text()[-4000:]}")
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024), "log": str(log)}
 
 
 def check_outputs(project: Path) -> list[str]:
@@ -180,22 +144,21 @@ def main(argv: list[str] | None = None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     model_dir = root / "qwen2-0.5b-random"
     start = time.perf_counter()
-    built = build_model_dir(model_dir)
+    built = common.isolated(build_model_dir, model_dir)["result"]  # apart: children inherit a parent's peak RSS
     print(f"check_real: built {model_dir} ({built['parameters']:,} parameters) in {time.perf_counter() - start:.0f}s")
 
     profiles = ["8bit", "4bit"] if args.gpu else ["8bit"]
     report = {"machine": common.machine(), "versions": common.versions(), "model": built, "runs": {}}
     for quantization in profiles:
-        changes = json.loads(json.dumps(GPU_PARAMS if args.gpu else CPU_PARAMS))
-        changes["model"] = {"base": str(model_dir), "quantization": quantization}
-        changes["data"] = {"path": common.data_source()}
-        project = make_project(root / quantization, changes)
+        changes = common.deep_update(GPU_PARAMS if args.gpu else CPU_PARAMS, {
+            "model": {"base": str(model_dir), "quantization": quantization}, "data": {"path": common.data_source()}})
+        project = common.copy_project(root / quantization, changes)
         stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
         figures = {}
         for name in stages:
-            figures[name] = run_stage(name, project)
+            figures[name] = common.run_stage(name, project, env={"TOKENIZERS_PARALLELISM": "false"})
             print(f"  {quantization} {name:<14} {figures[name]['seconds']:>7.1f} s  "
-                  f"peak {figures[name]['peak_rss_mb']:>6} MB")
+                  f"peak {figures[name]['peak_rss_mb']:>6.0f} MB")
         problems = check_outputs(project)
         speed = json.loads((project / "metrics/train_speed.json").read_text()) \
             if (project / "metrics/train_speed.json").is_file() else {}

@@ -1,12 +1,19 @@
-"""What every benchmark shares: medians after a warm-up, peak memory in a fresh process, machine facts, data."""
+"""What every benchmark shares: medians after a warm-up, peak memory in a fresh process, machine facts, data,
+and temp copies of the project whose stages run as subprocesses."""
 
 from __future__ import annotations
 
+import copy
+import json
 import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
@@ -19,6 +26,9 @@ SHARED = next((d for d in (REPO.parent / "shared", REPO / "shared") if d.is_dir(
 ALPACA = SHARED / "data" / "alpaca" / "alpaca_5000.json"  # real Alpaca rows, when present
 QWEN2_TOKENIZER = SHARED / "tokenizers" / "qwen2"  # real Qwen2 vocab.json + merges.txt, when present
 EMBEDDED_SAMPLE = REPO / "data" / "raw" / "finance_alpaca.parquet"
+# What a copy of the project needs to run its stages and its pipeline.
+PROJECT_FILES = ("stages", "data/raw", ".dvc/plots", ".dvc/config", "dvc.yaml", "params.yaml", "requirements.txt",
+                 ".gitignore", ".dvcignore")
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, Any]:
@@ -96,3 +106,60 @@ def data_source() -> str:
 
 def qwen2_tokenizer_dir() -> str | None:
     return str(QWEN2_TOKENIZER) if (QWEN2_TOKENIZER / "vocab.json").is_file() else None
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    """A copy of base with changes merged in: nested dicts key by key, anything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            value = deep_update(out[key] if isinstance(out.get(key), dict) else {}, value)
+        out[key] = value
+    return out
+
+
+def copy_project(root: Path, changes: dict | None = None) -> Path:
+    """A copy of the project in root (created): PROJECT_FILES, with params.yaml deep-updated by changes."""
+    import yaml
+
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.is_file():
+            shutil.copy(src, dst)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(deep_update(params, changes or {}), sort_keys=False))
+    return root
+
+
+# Starts the stage and reports its rusage. The stage's peak RSS must come from a process that is small
+# itself: Linux carries a parent's peak RSS over into a forked child's ru_maxrss, even across exec.
+_LAUNCHER = """import json, os, subprocess, sys, time
+start = time.perf_counter()
+_, status, use = os.wait4(subprocess.Popen(sys.argv[2:]).pid, 0)
+json.dump([os.waitstatus_to_exitcode(status), time.perf_counter() - start, use.ru_utime + use.ru_stime,
+           use.ru_maxrss / 1024], open(sys.argv[1], "w"))
+"""
+
+
+def run_stage(name: str, project: Path, env: dict | None = None, cpus: int | None = None) -> dict:
+    """`python -m stages.<name>` in project: its wall and CPU seconds and its own peak RSS (MB).
+
+    env: variables set (None: removed) over this process's, offline; cpus: pin it to that many CPUs.
+    Output goes to project/<name>.log; a failure raises SystemExit with the log's end.
+    """
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    log = project / f"{name}.log"
+    pin = (lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])) if cpus else None
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as figures, log.open("w") as out:
+        subprocess.run([sys.executable, "-c", _LAUNCHER, figures.name, sys.executable, "-m", f"stages.{name}"],
+                       cwd=project, env={k: v for k, v in env.items() if v is not None}, stdout=out,
+                       stderr=subprocess.STDOUT, preexec_fn=pin, check=True)
+        code, seconds, cpu_seconds, peak_mb = json.load(figures)
+    if code:
+        raise SystemExit(f"stages.{name} failed ({code}) in {project}; the end of {log.name}:\n"
+                         f"{log.read_text()[-4000:]}")
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "peak_rss_mb": round(peak_mb, 1),
+            "log": str(log)}

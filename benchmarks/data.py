@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from benchmarks import common
 
@@ -46,38 +42,15 @@ def alpaca_rows(n_rows: int) -> pd.DataFrame:
 
 
 def project(root: Path, data_path: Path) -> Path:
-    """A copy of the code and params, pointed at data_path, with models/base built (tiny default)."""
-    for name in ("stages", "data/raw"):
-        shutil.copytree(common.REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("params.yaml", "requirements.txt"):
-        shutil.copy(common.REPO / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["path"] = str(data_path)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_stage("base", root)
-    return root
+    """A copy of the project pointed at data_path, with models/base built (tiny default)."""
+    project = common.copy_project(root, {"data": {"path": str(data_path)}})
+    run_stage("base", project)
+    return project
 
 
-def _pin_cpus() -> None:
-    cpus = sorted(os.sched_getaffinity(0))[:CPUS]
-    os.sched_setaffinity(0, cpus)
-
-
-def run_stage(name: str, cwd: Path) -> dict:
-    """`python -m stages.<name>` in cwd: wall and CPU seconds and peak RSS (MB) of that process alone."""
-    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
-    with tempfile.TemporaryFile("w+") as out:
-        start = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, text=True, preexec_fn=_pin_cpus)
-        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, unlike RUSAGE_CHILDREN
-        seconds = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        output = out.read()
-    if process.returncode:
-        raise RuntimeError(f"stages.{name} failed ({process.returncode}):\n{output}")
-    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+def run_stage(name: str, project: Path) -> dict:
+    """common.run_stage on CPUS CPUs, with tokenizers' threads as a shell's `dvc repro` has them."""
+    return common.run_stage(name, project, env={"TOKENIZERS_PARALLELISM": None}, cpus=CPUS)
 
 
 def run(quick: bool) -> dict:

@@ -8,10 +8,16 @@
 #   benchmarks/gpu_check.sh run        # there: install .whl/ offline, run the check
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# What the GPU image lacks (it has torch, transformers, peft, accelerate, pandas, pyarrow, safetensors).
-MISSING="trl==1.16.0 bitsandbytes==0.50.2 dvclive==3.49.1 datasets==5.2.0 rouge_score==0.1.2"
+# What the GPU image lacks (it has torch, transformers, peft, accelerate, pandas, pyarrow, safetensors),
+# at requirements.txt's pins.
+LACKS="trl bitsandbytes dvclive datasets rouge_score"
 case "${1:-}" in
   download)
+    MISSING=""
+    for name in $LACKS; do
+      pin=$(grep -iE "^${name}==" requirements.txt) || { echo "$0: $name is not pinned in requirements.txt" >&2; exit 1; }
+      MISSING="$MISSING ${pin%%[ #]*}"
+    done
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform any -d .whl $MISSING ;;

@@ -2,7 +2,8 @@
 
 Every run trains the same random Qwen2-architecture model (hidden 256, 4 layers, an 8k byte-level BPE
 vocabulary trained on the rows like the tiny default's) on the same rows (real Alpaca from ../shared when
-present, else the embedded sample; longer than prepare.max_length dropped, as prepare does), for the same
+present, else the embedded sample), cleaned and drawn by prepare's own clean / sample_and_split (longer
+than prepare.max_length dropped, one row per prompt; eval rows are held-out prompts), for the same
 optimizer steps of the same 8 examples (batch 2 x grad_accum 4), with params.yaml's settings except `lr`
 (high enough that the loss moves) and the switches compared. Training goes through train.py's own
 sft_config / lora_config / dataset and modeling.load_model. Each run is a fresh process (common.isolated):
@@ -18,18 +19,19 @@ its peak memory is its own, and TRL's process-wide switches start clean.
 
 from __future__ import annotations
 
-import copy
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from benchmarks import common
 
 SECTIONS = ("lr", "prepare", "model", "train")
+SEED = 0  # which rows are drawn
 LR = 3e-3  # the reference 1e-5 barely moves a random model: "same eval loss" would be trivially true
 # The reference configuration (the original setup): every speed switch of params.yaml set back.
 REFERENCE = {"train": {"padding_free": False, "labelled_logits_only": False, "use_liger_kernel": False}}
@@ -40,20 +42,13 @@ MODEL = {"vocab_size": 8192, "hidden_size": 256, "intermediate_size": 768, "num_
          "num_kv_heads": 2}
 
 
-def deep_update(base: dict, changes: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        out[key] = deep_update(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
 def run_params(changes: dict, steps: int):
     """params.yaml (the project's default), with the benchmark's lr and step count, then `changes`."""
     from stages import params
 
     raw = yaml.safe_load((common.REPO / "params.yaml").read_text())
-    raw = deep_update(raw, {"lr": LR, "train": {"max_steps": steps}})
-    return params.parse(deep_update(raw, changes), SECTIONS)
+    raw = common.deep_update(raw, {"lr": LR, "train": {"max_steps": steps}})
+    return params.parse(common.deep_update(raw, changes), SECTIONS)
 
 
 def throughput(marks: list[tuple[float, float, int]], warmup: int, block: int) -> dict:
@@ -76,7 +71,6 @@ def throughput(marks: list[tuple[float, float, int]], warmup: int, block: int) -
 def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, steps: int, warmup: int,
                block: int) -> dict:
     """One training run as the train stage configures it; its throughput and the eval loss it ends at."""
-    import pandas as pd
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import PrinterCallback, TrainerCallback
@@ -124,8 +118,6 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
 
 def base_eval_loss(model_dir: str, eval_path: str, steps: int) -> float:
     """The untrained model's eval loss: the figure every run's eval loss moved from."""
-    import pandas as pd
-
     from stages import evaluation, modeling, prompts
 
     p = run_params({}, steps)
@@ -135,27 +127,37 @@ def base_eval_loss(model_dir: str, eval_path: str, steps: int) -> float:
     return evaluation.response_metrics(model, tokenizer, conversations, 16, p.prepare.max_length)["eval_loss"]
 
 
-def make_inputs(tmp: Path, n_train: int, n_eval: int) -> dict:
-    """The benchmark model (saved) and its train / eval rows (parquet), from the real data when present."""
-    from stages import base, ingest, io, modeling, params, prepare, prompts
+def split_rows(frame, tokenizer, max_length: int, n_train: int, n_eval: int):
+    """(train, held-out) rows as prepare makes them: cleaned (too long dropped, one row per prompt), n_train +
+    n_eval prompts drawn; held-out = prepare's val and test, each n_eval / 2: no prompt in both."""
+    from stages import prepare, prompts
+
+    n = n_train + n_eval
+    kept, _ = prepare.clean(frame, lambda rows: prompts.token_lengths(tokenizer, rows, fits=max_length),
+                            max_length, "drop", n, SEED)
+    train_rows, val_rows, test_rows = prepare.sample_and_split(kept, n, n_eval / n / 2, n_eval / n / 2, SEED)
+    return train_rows, pd.concat([val_rows, test_rows], ignore_index=True)
+
+
+def make_inputs(tmp: Path, n_train: int, n_eval: int, rows=None) -> dict:
+    """The benchmark model (saved) and its train / eval rows (parquet), from `rows` (default: the data source)."""
+    from stages import base, ingest, io, modeling, params, prompts
 
     source = common.data_source()
-    frame = ingest.canonicalize(io.read_any(source), source, "drop")
+    frame = ingest.canonicalize(io.read_any(source) if rows is None else rows, source, "drop")
     tokenizer = modeling.train_bpe_tokenizer(base.corpus_texts(frame), MODEL["vocab_size"])
     model = modeling.build_tiny_model(params.TinyModelParams(**MODEL), tokenizer)
     model.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
     max_length = run_params({}, 1).prepare.max_length
-    kept, _ = prepare.clean(frame.head(3 * (n_train + n_eval)), lambda c: prompts.token_length(tokenizer, c),
-                            max_length, "drop")
-    train_rows, eval_rows = prepare.sample_and_split(kept, n_train + n_eval, n_eval / (n_train + n_eval), seed=0)
+    train_rows, eval_rows = split_rows(frame.head(3 * (n_train + n_eval)), tokenizer, max_length, n_train, n_eval)
     train_rows.astype("string").to_parquet(tmp / "train.parquet")
     eval_rows.astype("string").to_parquet(tmp / "eval.parquet")
-    lengths = [prompts.token_length(tokenizer, c) for c in prompts.conversations(train_rows)]
+    lengths = prompts.token_lengths(tokenizer, train_rows)
     return {"model_dir": str(tmp / "model"), "train_path": str(tmp / "train.parquet"),
             "eval_path": str(tmp / "eval.parquet"), "train_rows": len(train_rows), "eval_rows": len(eval_rows),
             "parameters": sum(t.numel() for t in model.parameters()),
-            "mean_tokens": round(statistics.mean(lengths), 1), "max_tokens": max(lengths)}
+            "mean_tokens": round(float(lengths.mean()), 1), "max_tokens": int(lengths.max())}
 
 
 def measured(fn, *args) -> dict:

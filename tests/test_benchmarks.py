@@ -1,0 +1,86 @@
+"""The benchmarks' code still runs (nothing is timed here): train's inputs, the shared project plumbing, the CLI."""
+
+from __future__ import annotations
+
+import importlib
+import resource
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from benchmarks import common
+from helpers import REPO, env
+
+
+def test_train_inputs_are_cleaned_and_split_as_prepare_does(tmp_path):
+    from benchmarks import train
+    from stages import io, prompts
+
+    rows = io.read_any(str(common.EMBEDDED_SAMPLE)).head(60)
+    inputs = train.make_inputs(tmp_path, n_train=8, n_eval=4, rows=rows)
+    train_rows, eval_rows = (pd.read_parquet(inputs[key]) for key in ("train_path", "eval_path"))
+    assert (len(train_rows), len(eval_rows)) == (8, 4)
+    train_prompts, eval_prompts = (set(prompts.prompt_identities(f).to_pylist()) for f in (train_rows, eval_rows))
+    assert len(train_prompts) == 8 and not train_prompts & eval_prompts
+
+
+def test_deep_update_merges_nested_keys_and_leaves_base_alone():
+    base = {"model": {"tiny": {"hidden_size": 128, "num_layers": 2}, "base": "tiny"}, "lr": 1e-5, "data": "x"}
+    out = common.deep_update(base, {"model": {"tiny": {"hidden_size": 8}}, "lr": 3e-3, "data": {"path": "y"}})
+    assert out == {"model": {"tiny": {"hidden_size": 8, "num_layers": 2}, "base": "tiny"}, "lr": 3e-3,
+                   "data": {"path": "y"}}
+    assert base["model"]["tiny"]["hidden_size"] == 128
+
+
+def test_copy_project_changes_only_the_params_asked(tmp_path):
+    project = common.copy_project(tmp_path / "copy", {"model": {"tiny": {"hidden_size": 8}}})
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"]["tiny"]["hidden_size"] = 8
+    assert yaml.safe_load((project / "params.yaml").read_text()) == params
+    assert (project / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
+    assert (project / "stages/ingest.py").is_file() and (project / ".dvc/plots").is_dir()
+
+
+@pytest.mark.slow
+def test_run_stage_runs_a_stage_and_measures_its_own_memory(tmp_path):
+    project = common.copy_project(tmp_path / "copy")
+    ballast = bytearray(1500 * 2**20)  # this process's peak RSS goes above 1.5 GB...
+    ballast[::4096] = b"\1" * len(ballast[::4096])
+    figures = common.run_stage("ingest", project)
+    del ballast
+    assert pd.read_parquet(project / "data/interim/ingested.parquet").shape[0] > 0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 > 1500
+    assert figures["peak_rss_mb"] < 1000  # ...and the stage's peak is not the parent's
+
+
+@pytest.mark.slow
+def test_run_stage_failure_shows_the_stage_error(tmp_path):
+    project = common.copy_project(tmp_path / "copy", {"data": {"path": "missing.parquet"}})
+    with pytest.raises(SystemExit, match=r"stages\.ingest failed \(1\)(.|\n)*ingest: error: .*missing\.parquet"):
+        common.run_stage("ingest", project)
+
+
+@pytest.mark.slow
+def test_dvc_repo_keeps_the_projects_dvc_settings(tmp_path):
+    from benchmarks import dvc
+
+    project = common.copy_project(tmp_path / "copy")
+    dvc.init_repo(project)
+    assert (project / ".dvc/config").read_text() == (REPO / ".dvc/config").read_text()
+    assert (project / ".dvc/plots").is_dir()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True, check=True)
+    assert status.stdout == ""
+
+
+def test_command_line_lists_every_benchmark():
+    from benchmarks.__main__ import BENCHMARKS
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "run", "--help"], cwd=REPO, env=env(),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "{" + ",".join(sorted(BENCHMARKS)) + "}" in out.stdout
+    for name in BENCHMARKS:
+        assert callable(importlib.import_module(f"benchmarks.{name}").run)
