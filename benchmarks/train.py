@@ -86,6 +86,7 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
     if p.model.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.train.gradient_checkpointing)
     config = train.sft_config(p, dtype)
+    train.labelled_logits_only(p.train.labelled_logits_only)  # as the stage's build() does
     config.output_dir = tempfile.mkdtemp(prefix="bench_train_")
     config.eval_strategy, config.save_strategy, config.disable_tqdm = "no", "no", True  # timed: steps only
 

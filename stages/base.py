@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from stages import base_source, errors, io, modeling, params
@@ -37,7 +35,7 @@ def main() -> None:
         else:
             source = modeling.resolve_pretrained(cfg.base, cfg.revision)
             if source["kind"] == "local":  # new weights in the same directory change models/base: downstream reruns
-                source["sha256"] = base_source.fingerprint(Path(source["path"]))["sha256"]
+                source["sha256"] = io.digest(source["path"], base_source.read_cache())  # base_source's, cached
             tokenizer = modeling.load_tokenizer(source["path"])
             tokenizer.save_pretrained(tmp)  # small; downstream stages read the tokenizer from here
             io.write_json(tmp / modeling.SOURCE_FILE, source)

@@ -12,37 +12,26 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from stages import io
 from stages.errors import StageError
 
 PIPELINE = "dvc.yaml"
 FINGERPRINT_FILE = "fingerprint.json"
 TRAINER_STATE = "trainer_state.json"
 RNG_STATE = "rng_state.pth"
-# What Trainer writes for a single-process LoRA run; a checkpoint missing any of them is not resumable
-# (without rng_state.pth dropout would draw differently from an uninterrupted run).
+TOKENS_FILE = "num_tokens.json"  # TRL's running token count, which its own state does not keep (train writes it)
+# What Trainer (and train, after it) writes for a single-process LoRA run; a checkpoint missing any of them is
+# not resumable (without rng_state.pth dropout would draw differently from an uninterrupted run).
 REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json", TRAINER_STATE,
-                  "optimizer.pt", "scheduler.pt", RNG_STATE)
+                  "optimizer.pt", "scheduler.pt", RNG_STATE, TOKENS_FILE)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of every file under a directory (names and contents)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def fingerprint(settings: dict, inputs: list[str | os.PathLike]) -> str:
     """Identity of a training run: its settings and the exact bytes of its inputs."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in inputs:
-        h.update(file_digest(path).encode())
+        h.update(io.digest(path).encode())
     return h.hexdigest()
 
 
@@ -125,11 +114,9 @@ def is_complete(checkpoint: str | os.PathLike, processes: int = 1) -> bool:
     return Path(checkpoint).is_dir() and not missing_files(checkpoint, processes)
 
 
-def last_logged(checkpoint: str | os.PathLike, key: str):
-    """The last value of `key` in a checkpoint's log history, or None."""
-    state = _state(Path(checkpoint)) or {}
-    values = [h[key] for h in state.get("log_history", []) if key in h]
-    return values[-1] if values else None
+def tokens_trained(checkpoint: str | os.PathLike) -> int:
+    """Non-padding tokens trained on up to a (complete) checkpoint."""
+    return int(json.loads((Path(checkpoint) / TOKENS_FILE).read_text())["num_tokens"])
 
 
 def is_final(checkpoint: str | os.PathLike) -> bool:
@@ -176,9 +163,8 @@ def rewind_live(live_dir: str | os.PathLike, step: int) -> None:
             continue
         kept = [lines[0]] + [ln for ln in lines[1:] if (s := _row_step(ln)) is not None and s <= step]
         if len(kept) != len(lines):
-            tmp = tsv.with_name(tsv.name + ".tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, tsv)
+            with io.atomic_path(tsv) as tmp:
+                tmp.write_text("".join(kept))
     for name, load in (("metrics.json", json.loads), ("params.yaml", yaml.safe_load)):
         path = live_dir / name
         if not path.is_file():
@@ -210,10 +196,7 @@ def resume_point(output_dir: str | os.PathLike, run_id: str, processes: int = 1)
         if output_dir.exists():
             print(f"train: clearing checkpoints in {output_dir}: they belong to a run with other params or inputs")
             shutil.rmtree(output_dir)
-        output_dir.mkdir(parents=True)
-        tmp = stamp.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": run_id}) + "\n")
-        os.replace(tmp, stamp)
+        io.write_json(stamp, {"fingerprint": run_id})
         return None
     checkpoint = latest_complete(output_dir, processes=processes)
     if checkpoint is not None and is_final(checkpoint):

@@ -88,10 +88,10 @@ def check_process_count(t: params.TrainParams) -> None:
     """A launch by hand must match params: dvc.lock records train.num_processes, and the batch split follows it."""
     started = processes_started()
     if started != t.num_processes:
-        raise params.ParamsError(
-            f"{params.PARAMS_FILE}: 1 problem(s):\n  train.num_processes is {t.num_processes}, but the launcher started "
-            f"{started} processes: set train.num_processes: {started}, or run `python -m stages.train` (or dvc repro), "
-            "which starts train.num_processes processes itself")
+        raise params.error(
+            f"train.num_processes is {t.num_processes}, but the launcher started {started} processes: set "
+            f"train.num_processes: {started}, or run `python -m stages.train` (or dvc repro), which starts "
+            "train.num_processes processes itself")
 
 
 def processes_note(t: params.TrainParams) -> str:
@@ -110,7 +110,18 @@ def is_main(args) -> bool:
 
 
 def from_main(args, fn, *fn_args):
-    """fn(*fn_args), run on the main process only, its result handed to every process."""
+    """fn(*fn_args), run on the main process only, its result (or its exception) handed to every process:
+    the others would otherwise wait in the broadcast until the backend's timeout."""
     from accelerate.utils import broadcast_object_list
 
-    return broadcast_object_list([fn(*fn_args) if is_main(args) else None])[0]
+    outcome = [None, None]
+    if is_main(args):
+        try:
+            outcome[0] = fn(*fn_args)
+        except Exception as e:  # raised again below, on every process
+            outcome[1] = e
+    if args.world_size > 1:
+        outcome = broadcast_object_list(outcome)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]

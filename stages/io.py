@@ -6,17 +6,18 @@ import codecs
 import contextlib
 import csv
 import glob
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
-
-import pandas as pd
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING, Iterator
 
 from stages.errors import StageError
+
+if TYPE_CHECKING:  # imported where used: base_source, which runs on every repro, needs only the writers
+    import pandas as pd
 
 READERS = (".parquet", ".csv", ".json", ".jsonl")
 
@@ -77,8 +78,37 @@ def read_json(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def digest(path: str | os.PathLike, known: dict | None = None, seen: dict | None = None) -> str:
+    """sha256 of a file, or of a directory's files (relative names and contents; hidden ones, such as
+    .git or download bookkeeping, skipped). A file's digest is reused from `known` while its size,
+    mtime and inode are unchanged (as DVC does), and every file's is recorded in `seen`."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    h = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        hit = (known or {}).get(str(f))
+        file_hash = hit[1] if hit and hit[0] == stamp else _sha256(f)
+        if seen is not None:
+            seen[str(f)] = [stamp, file_hash]
+        h.update(f"{f.name if f == path else f.relative_to(path).as_posix()}\0{file_hash}\n".encode())
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_any(path: str | os.PathLike) -> pd.DataFrame:
     """Read parquet / csv / json (list of records) / jsonl by extension, as object columns."""
+    import pandas as pd
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in READERS:
@@ -109,6 +139,8 @@ def read_any(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _read_csv(path: Path, text: str) -> pd.DataFrame:
+    import pandas as pd
+
     import io
 
     buffer = io.StringIO(text)
@@ -143,6 +175,8 @@ def _read_json_records(path: Path, text: str) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
     records = []
     # Not splitlines(): it also splits at U+2028, U+0085 etc., which JSON allows unescaped in strings.
     lines = tqdm(text.split("\n"), desc=f"reading {path.name}", unit="lines", disable=None, leave=False)
@@ -162,6 +196,8 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
 
 
 def _frame(records: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
     # dtype=object keeps each value as parsed: otherwise a column of ints with a null turns into
     # floats and the number 7 would become the text "7.0".
     return pd.DataFrame(records, dtype=object)

@@ -25,7 +25,7 @@ OUT = "models/merged"
 METRICS_OUT = "metrics/merge.json"
 SUBSET_SEED = 0  # merge.eval_rows picks the same rows on every run
 
-# What shaped the weights, shown in the card (dvc.yaml lists each under the merge stage's params).
+# The rows of the card's metrics table (base, tuned, merged).
 CARD_METRICS = ("eval_loss", "perplexity", "mean_token_accuracy", "entropy", "rougeL_f1", "chrf", "exact_match",
                 "stopped_fraction")
 CARD_TAGS = ["lora", "peft", "trl", "sft", "merged"]
@@ -51,18 +51,23 @@ def parity_batch(tokenizer, test: pd.DataFrame, num_prompts: int, device) -> dic
 
 
 @torch.no_grad()
-def logits_and_greedy(model, batch, max_new_tokens: int = 16, pad_id: int | None = None):
-    logits = model(**batch).logits.float()
-    mask = batch["attention_mask"].bool()
-    greedy = model.generate(**batch, generation_config=evaluation.generation_config(max_new_tokens=max_new_tokens,
-                                                                                   pad_token_id=pad_id))
-    return logits[mask], greedy[:, batch["input_ids"].shape[1]:]
-
-
-@torch.no_grad()
 def logits(model, batch) -> torch.Tensor:
     """fp32 logits at the batch's real (unpadded) positions."""
     return model(**batch).logits.float()[batch["attention_mask"].bool()]
+
+
+@torch.no_grad()
+def logits_and_greedy(model, batch, max_new_tokens: int = 16, pad_id: int | None = None):
+    greedy = model.generate(**batch, generation_config=evaluation.generation_config(max_new_tokens=max_new_tokens,
+                                                                                   pad_token_id=pad_id))
+    return logits(model, batch), greedy[:, batch["input_ids"].shape[1]:]
+
+
+def export_dtype(setting: str) -> torch.dtype:
+    """auto: bf16 on GPUs that support it, else fp32 (never fp16: its range overflows on some weights)."""
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return modeling.compute_dtype(setting)
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -239,10 +244,8 @@ def read_metrics(path: str, stage: str) -> dict:
 def load(p: params.Params):
     """The base unquantized in fp32 + the adapter: the merge and its check then measure the merge,
     not bf16 rounding."""
-    from peft import PeftModel
-
     say("load", f"{p.model.base} unquantized in fp32 + {ADAPTER_DIR}")
-    return PeftModel.from_pretrained(modeling.load_model(BASE_DIR, "none", torch.float32), ADAPTER_DIR)
+    return modeling.load_tuned(BASE_DIR, ADAPTER_DIR, "none", torch.float32, expected_base=p.model.base)
 
 
 def check(merged, batch, reference: torch.Tensor, base: torch.Tensor, tolerance: float) -> dict:
@@ -283,7 +286,7 @@ def card(p: params.Params, data_counts: dict, eval_metrics: dict, merge_metrics:
 
 def main() -> None:
     p = params.load("lr", "data", "prepare", "model", "train", "evaluate", "merge")
-    modeling.check_adapter(ADAPTER_DIR, expected_base=p.model.base)
+    modeling.check_adapter(ADAPTER_DIR, expected_base=p.model.base)  # before anything is read or loaded
     data_counts, eval_metrics = read_metrics(DATA_METRICS, "prepare"), read_metrics(EVAL_METRICS, "evaluate")
     tokenizer = modeling.load_tokenizer(ADAPTER_DIR)
     test = pd.read_parquet(TEST_DATA)
@@ -299,7 +302,7 @@ def main() -> None:
     result = check(merged, batch, reference, base, p.merge.tolerance)
 
     with io.atomic_path(OUT) as tmp:  # a failure below leaves OUT as it was
-        exported = export(merged, tokenizer, tmp, modeling.compute_dtype(p.merge.dtype))
+        exported = export(merged, tokenizer, tmp, export_dtype(p.merge.dtype))
         del tuned, merged
         export_logits, export_tokens = logits_and_greedy(exported, batch, pad_id=tokenizer.pad_token_id)
         result.update(export_dtype=str(exported.dtype).removeprefix("torch."),

@@ -6,7 +6,7 @@ floats), and raises one ParamsError listing every problem it found.
 A field declares its rule where it is defined; `_build` checks every value against it:
 
     n: int = rule(5000, ">= 3", why="at least one train, one val and one test row")
-    # -> prepare.n must be >= 2 (at least one train and one test row), got 0
+    # -> prepare.n must be >= 3 (at least one train, one val and one test row), got 0
 
 A bound is written as the message says it: ">= 2", "> 0", "in (0, 1)" (open), "in [0, 1]" (closed),
 SEED, "-1 or >= 1". nonempty=True rejects blanks ("must not be empty"); nonempty="bpe or a directory"
@@ -315,9 +315,14 @@ def parse(raw: dict, sections: tuple[str, ...] | list[str], source: str = PARAMS
     return result
 
 
+def error(*problems: str, source: str = PARAMS_FILE) -> ParamsError:
+    """One ParamsError for all `problems`, one per line: also for rules checked where params are used."""
+    return ParamsError(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+
+
 def _raise_if(bad: list[str], source: str) -> None:
     if bad:
-        raise ParamsError(f"{source}: {len(bad)} problem(s):\n  " + "\n  ".join(bad))
+        raise error(*bad, source=source)
 
 
 def _parse(raw: dict, sections) -> tuple[Params, list[str]]:

@@ -175,6 +175,9 @@ def token_lengths(tokenizer, frame: pd.DataFrame, fits: int | None = None, batch
             continue
         batch = [texts[i] for i in todo]
         if backend is not None:
+            # the backend keeps the padding and truncation of the tokenizer's last padded call; as transformers does
+            backend.no_padding()
+            backend.no_truncation()
             counts = [len(e) for e in backend.encode_batch_fast(batch, add_special_tokens=False)]
         else:
             counts = [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]

@@ -147,10 +147,7 @@ def revision_reader(rev: str) -> Reader:
 
 def token_lengths(tokenizer, frame) -> list[int]:
     """Tokens per training example after the chat template, as prepare and SFTTrainer count them."""
-    from tqdm.auto import tqdm
-
-    return [prompts.token_length(tokenizer, c)
-            for c in tqdm(prompts.conversations(frame), desc="report: token lengths", disable=None)]
+    return prompts.token_lengths(tokenizer, frame).tolist()
 
 
 # ---------------------------------------------------------------- tables

@@ -49,11 +49,12 @@ def dataset(frame: pd.DataFrame):
 def padding_free(p: params.Params) -> bool:
     """Whether micro-batches are padding-free: one row of examples end to end, with position ids that restart
     at 0 for each, from which transformers builds a block-diagonal causal mask (sdpa, eager) or varlen
-    flash-attention calls, so no example attends to another. TRL cuts examples to max_length only in
-    padded batches, so rows that prepare.too_long: truncate leaves for it to cut keep batches padded."""
+    flash-attention calls, so no example attends to another. TRL refuses padding_free with a max_length
+    unless it packs (it would not cut rows to it), so rows that prepare.too_long: truncate leaves longer than
+    max_length for the trainer to cut keep batches padded; with drop, prepare has removed every longer row."""
     if p.train.padding_free and p.prepare.too_long != "drop":
         print(f"train: prepare.too_long: {p.prepare.too_long} leaves examples for the trainer to cut to "
-              f"prepare.max_length, which TRL does only in padded batches: train.padding_free does not apply")
+              f"prepare.max_length, which TRL does not do in padding-free batches: train.padding_free does not apply")
         return False
     return p.train.padding_free
 
@@ -62,8 +63,8 @@ def liger_kernel(setting, on_gpu: bool) -> bool:
     """auto: Liger's Triton kernels where they can run (a CUDA GPU, package liger-kernel installed)."""
     available = on_gpu and importlib.util.find_spec("liger_kernel") is not None
     if setting is True and not available:
-        raise params.ParamsError("train.use_liger_kernel: true needs a CUDA GPU and the liger-kernel package "
-                                 "(pip install liger-kernel); set it to auto or false")
+        raise params.error("train.use_liger_kernel: true needs a CUDA GPU and the liger-kernel package "
+                           "(pip install liger-kernel); set it to auto or false")
     return available if setting == "auto" else setting
 
 
@@ -75,7 +76,6 @@ def sft_config(p: params.Params, dtype: torch.dtype):
     on_gpu = torch.cuda.is_available()
     batch_size, grad_accum = distributed.per_process_batch(t)
     free = padding_free(p)
-    labelled_logits_only(t.labelled_logits_only)
     return SFTConfig(
         output_dir=CHECKPOINT_DIR,
         num_train_epochs=t.epochs,
@@ -126,7 +126,7 @@ def checked_sft_config(p: params.Params, dtype: torch.dtype):
                        f"{params.did_you_mean(p.train.optim, names, aliases=False)}")
         else:
             problem = f"transformers refused the training settings: {e}"
-        raise params.ParamsError(f"{params.PARAMS_FILE}: 1 problem(s):\n  {problem}") from None
+        raise params.error(problem) from None
 
 
 def lora_config(t: params.TrainParams):
@@ -226,9 +226,21 @@ def keep_lora_weights_fp32(model) -> None:
             weight.data = weight.data.float()
 
 
-def restore_token_count(trainer, tokens: int) -> None:
-    """TRL keeps its running `num_tokens` in a private counter that a resume resets to 0."""
-    trainer._total_train_tokens = tokens
+def keep_token_count(trainer, resume_from: Path | None) -> int:
+    """TRL keeps its running `num_tokens` in a private counter that its checkpoints do not save and a resume
+    resets to 0: save it with every checkpoint (checkpoints.TOKENS_FILE), and restore it on resume.
+    Returns the tokens trained on before this call."""
+    from transformers import TrainerCallback
+
+    class SaveTokenCount(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                io.write_json(checkpoint / checkpoints.TOKENS_FILE, {"num_tokens": trainer._total_train_tokens})
+
+    trainer.add_callback(SaveTokenCount())
+    trainer._total_train_tokens = checkpoints.tokens_trained(resume_from) if resume_from else 0
+    return trainer._total_train_tokens
 
 
 def sort_target_modules(config_path: Path) -> None:
@@ -259,6 +271,7 @@ def build(p: params.Params) -> Run:
 
     dtype = modeling.compute_dtype(p.train.precision)
     args = checked_sft_config(p, dtype)  # before checkpoints are cleared: a typo must not cost a run
+    labelled_logits_only(p.train.labelled_logits_only)
     main = distributed.is_main(args)
     resume_from = distributed.from_main(args, lambda: checkpoints.resume_point(CHECKPOINT_DIR, run_id(p), p.train.num_processes))
     if resume_from and main:
@@ -280,8 +293,7 @@ def build(p: params.Params) -> Run:
         callbacks=[step_aligned_dvclive()(live=live)],
     )
     keep_lora_weights_fp32(trainer.model)
-    tokens_before = int(checkpoints.last_logged(resume_from, "num_tokens") or 0) if resume_from else 0
-    restore_token_count(trainer, tokens_before)
+    tokens_before = keep_token_count(trainer, resume_from)
     if main:
         print(f"train: {modeling.device()}, {dtype}, {distributed.processes_note(p.train)}base {p.model.base} "
               f"({p.model.quantization}), lr {p.lr:g}" + (f", resuming from {resume_from}" if resume_from else ""))
@@ -304,7 +316,7 @@ def fit(run: Run, p: params.Params) -> tuple[dict, dict]:
 
     state = trainer.state
     logged = [h for h in state.log_history if "loss" in h]
-    tokens = int(state.num_input_tokens_seen or (logged[-1].get("num_tokens", 0) if logged else 0))
+    tokens = int(trainer._total_train_tokens)  # TRL's count of non-padding tokens, every process's
     learned = {
         "train_loss": whole_run_loss(state.log_history, output.training_loss, resumed_from, state.global_step),
         "last_logged_loss": logged[-1]["loss"] if logged else None,

@@ -563,6 +563,15 @@ def test_batched_lengths_are_the_chat_templates_token_counts(tiny_tokenizer, sam
     assert sum(b != n for b, n in zip(bounded, one_by_one)) > len(frame) // 10  # those were not tokenized
 
 
+def test_lengths_ignore_the_padding_a_padded_call_left_behind(tiny_tokenizer, sample):
+    frame = sample.head(8)
+    one_by_one = [prompts.token_length(tiny_tokenizer, c) for c in prompts.conversations(frame)]
+    tiny_tokenizer(["a", "a much longer text " * 20], padding="longest", truncation=True, max_length=16)
+    assert tiny_tokenizer.backend_tokenizer.padding is not None  # what transformers leaves set: the control
+    assert prompts.token_lengths(tiny_tokenizer, frame).tolist() == one_by_one
+    assert len(set(one_by_one)) > 1
+
+
 def test_only_byte_level_bpe_gets_the_byte_bound(tiny_tokenizer):
     from types import SimpleNamespace
 
