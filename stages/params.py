@@ -299,30 +299,26 @@ def load(*sections: str, path: str | os.PathLike | None = None) -> Params:
         raw, duplicates = _read_yaml(text)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({e})") from None
-    if raw is None:
-        raw = {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, found {type(raw).__name__}")
     result, bad = _parse(raw, sections)
-    _raise_if(duplicates + bad, str(path))
+    if duplicates + bad:
+        raise error(*duplicates, *bad, source=str(path))
     return result
 
 
 def parse(raw: dict, sections: tuple[str, ...] | list[str], source: str = PARAMS_FILE) -> Params:
     """Validate `sections` of an already-read params mapping; raise one ParamsError listing every problem."""
     result, bad = _parse(raw, sections)
-    _raise_if(bad, source)
+    if bad:
+        raise error(*bad, source=source)
     return result
 
 
 def error(*problems: str, source: str = PARAMS_FILE) -> ParamsError:
     """One ParamsError for all `problems`, one per line: also for rules checked where params are used."""
     return ParamsError(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-
-
-def _raise_if(bad: list[str], source: str) -> None:
-    if bad:
-        raise error(*bad, source=source)
 
 
 def _parse(raw: dict, sections) -> tuple[Params, list[str]]:
@@ -350,8 +346,7 @@ def _parse(raw: dict, sections) -> tuple[Params, list[str]]:
 
 def _build(cls: type, raw: Any, prefix: str, bad: list[str]) -> Any:
     """An instance of dataclass `cls` from mapping `raw` (None: all defaults); problems go to `bad`."""
-    if raw is None:  # `train:` with nothing under it
-        raw = {}
+    raw = {} if raw is None else raw  # `train:` with nothing under it
     if not isinstance(raw, dict):
         bad.append(f"{prefix} must be a mapping, got {type(raw).__name__} {_short(raw)}")
         raw = {}
