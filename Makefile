@@ -36,7 +36,7 @@ report: setup
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks run
 
-# The whole pipeline on a random Qwen2-0.5B-architecture model with the real tokenizer (~15 min on
+# The whole pipeline on a random Qwen2-0.5B-architecture model with the real tokenizer (~5 min on
 # 2 CPU cores): run it after changing train, evaluate, merge or model loading.
 check-real: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.check_real

@@ -1,6 +1,6 @@
 """The real architecture, checked where it can run: the whole pipeline on a Qwen2-0.5B-shaped model.
 
-    make check-real                      # CPU: a handful of rows and steps, ~10-20 min on 2 cores
+    make check-real                      # CPU: a handful of rows and steps, ~5 min on 2 cores
     python -m benchmarks.check_real --gpu   # CUDA: reference settings, 8-bit and 4-bit, tokens/s and MFU
 
 The tiny default hides what breaks at real size. This builds a random-init model with

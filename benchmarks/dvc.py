@@ -2,7 +2,7 @@
 and the disk the outputs and the cache take together (hard links: a model is stored once).
 
 Measured in the project when its pipeline is complete (after `make run`); otherwise in a temp copy that
-runs `dvc repro` first (default params; --quick: QUICK_PARAMS, a tiny model and few rows).
+runs `dvc repro` first (default params; --quick: common.QUICK_PARAMS, a tiny model and few rows).
 """
 
 from __future__ import annotations
@@ -20,15 +20,6 @@ from benchmarks import common
 
 TARGET_SECONDS = 3.0
 UP_TO_DATE = {"base_source": ["always changed"]}  # base_source runs on every repro by design
-# --quick: a whole `dvc repro` in seconds on 2 cores, through the same code as the default.
-QUICK_PARAMS = {
-    "prepare": {"n": 120, "test_fraction": 0.25, "max_length": 256},
-    "model": {"tiny": {"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
-                       "num_heads": 2, "num_kv_heads": 1}},
-    "train": {"epochs": 1, "max_steps": 6, "save_steps": 3, "logging_steps": 1, "eval_steps": 3},
-    "evaluate": {"batch_size": 8, "num_samples": 4, "max_new_tokens": 8},
-    "merge": {"num_prompts": 2},
-}
 
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -62,7 +53,7 @@ def init_repo(project: Path) -> None:
 
 def completed_copy(root: Path, quick: bool) -> tuple[Path, float]:
     """A temp git+dvc copy of the project (QUICK_PARAMS when quick, else the project's), after `dvc repro`."""
-    project = common.copy_project(root / "project", QUICK_PARAMS if quick else {})
+    project = common.copy_project(root / "project", common.QUICK_PARAMS if quick else {})
     init_repo(project)
     start = time.perf_counter()
     dvc(project, "repro")

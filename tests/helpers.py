@@ -11,30 +11,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks import common
+from benchmarks.common import deep_update
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 ALPACA = SHARED / "data" / "alpaca" / "alpaca_5000.json"
 QWEN2_TOKENIZER = SHARED / "tokenizers" / "qwen2"
 BIN = Path(sys.executable).parent
 
-# Small enough that a whole `dvc repro` takes seconds on 2 cores, same code path as the default.
-FAST_PARAMS = {
-    "prepare": {"n": 120, "test_fraction": 0.25, "max_length": 256},
-    "model": {"tiny": {"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
-                       "num_heads": 2, "num_kv_heads": 1}},
-    "train": {"epochs": 1, "max_steps": 6, "save_steps": 3, "logging_steps": 1, "eval_steps": 3},
-    "evaluate": {"batch_size": 8, "num_samples": 4, "max_new_tokens": 8},
-    "merge": {"num_prompts": 2},
-}
-
-
-def deep_update(base: dict, changes: dict) -> dict:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
+# A whole `dvc repro` in seconds on 2 cores, same code path as the default: one copy, which the
+# benchmarks' --quick runs too.
+FAST_PARAMS = common.QUICK_PARAMS
 
 
 def env() -> dict:
@@ -78,7 +66,7 @@ def make_project(root: Path, params: dict | None = None, git: bool = True) -> Pa
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"):
         shutil.copy(REPO / name, project / name)
-    write_params(project, deep_update(yaml.safe_load(yaml.safe_dump(FAST_PARAMS)), params or {}))
+    write_params(project, deep_update(FAST_PARAMS, params or {}))
     if git:
         run(["git", "init", "-q"], cwd=project)
         dvc("init", "-q", cwd=project)

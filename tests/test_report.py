@@ -290,6 +290,7 @@ FAKE_TRAIN = textwrap.dedent("""\
     # Stands in for train + evaluate: writes the report's inputs, scaled by params' lr.
     import json, sys, yaml
     sys.path.insert(0, {tests!r})
+    sys.path.append({repo!r})  # benchmarks, which the tests' helpers import; stages stays this copy's
     from test_report import write_inputs
     from pathlib import Path
     write_inputs(Path("."), scale=yaml.safe_load(open("params.yaml"))["lr"])
@@ -303,7 +304,7 @@ def experiments(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "requirements.txt", root)
-    (root / "fake_train.py").write_text(FAKE_TRAIN.format(tests=str(REPO / "tests")))
+    (root / "fake_train.py").write_text(FAKE_TRAIN.format(tests=str(REPO / "tests"), repo=str(REPO)))
     (root / "params.yaml").write_text("lr: 1.0\n")
     pipeline = {"stages": {"fake_train": {
         "cmd": "python fake_train.py", "deps": ["fake_train.py"], "params": ["lr"],

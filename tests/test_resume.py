@@ -120,13 +120,7 @@ def assert_same_result(project: Path, reference: dict, live_history: bool = True
 
 # ---------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train with one CPU thread: the tiny model gains nothing from two, and on a shared 2-core machine
-    OpenMP's spinning threads make a run 2-5x slower. (helpers.env() copies os.environ.)"""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
