@@ -122,6 +122,43 @@ def test_a_launch_by_hand_must_match_params(monkeypatch, world_size, num_process
             distributed.check_process_count(t)
 
 
+FROM_MAIN = """\
+import sys
+from pathlib import Path
+from transformers import TrainingArguments
+from stages import distributed
+
+out = Path(sys.argv[1])
+args = TrainingArguments(output_dir=str(out), use_cpu=True, report_to=[])  # joins the gloo group
+
+
+def fail():
+    raise ValueError(f"seen on process {args.process_index} only")
+
+
+try:
+    distributed.from_main(args, fail)
+    outcome = "returned"
+except ValueError as e:
+    outcome = f"raised: {e}"
+(out / f"outcome{args.process_index}").write_text(outcome)
+(out / f"value{args.process_index}").write_text(str(distributed.from_main(args, lambda: args.process_index)))
+"""
+
+
+def test_from_main_hands_the_main_process_result_and_exception_to_every_process(tmp_path):
+    """Control, measured with the previous from_main (which broadcast only a result): process 1 went on as if
+    fn had returned, its next broadcast met the main process's exit, and the launch failed; with nothing
+    after it, it would wait in the broadcast until gloo's 30-minute timeout."""
+    script = tmp_path / "from_main.py"
+    script.write_text(FROM_MAIN)
+    command = distributed.launch_command(2)
+    command[command.index("-m", 3):] = [str(script), str(tmp_path)]
+    helpers.run(command, cwd=helpers.REPO, timeout=180, extra_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(helpers.REPO)})
+    assert [(tmp_path / f"outcome{rank}").read_text() for rank in (0, 1)] == ["raised: seen on process 0 only"] * 2
+    assert [(tmp_path / f"value{rank}").read_text() for rank in (0, 1)] == ["0", "0"]
+
+
 # ---------------------------------------------------------------- 2 CPU processes against one
 
 @pytest.fixture(scope="module")
