@@ -8,7 +8,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -44,8 +43,12 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> 
     return statistics.median(times), result
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def status_mb(key: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process, in MB. Not ru_maxrss: a spawned child (fork, then exec)
+    starts with its parent's ru_maxrss, while exec resets VmHWM."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(key + ":"))
+    return int(line.split()[1]) / 1024
 
 
 def _call_measured(fn: Callable, args: tuple, kwargs: dict) -> dict:
@@ -53,10 +56,8 @@ def _call_measured(fn: Callable, args: tuple, kwargs: dict) -> dict:
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    before = _peak_rss_mb()
     result = fn(*args, **kwargs)
-    measured = {"result": result, "peak_rss_mb": round(_peak_rss_mb(), 1),
-                "peak_rss_above_start_mb": round(_peak_rss_mb() - before, 1)}
+    measured = {"result": result, "peak_rss_mb": round(status_mb("VmHWM"), 1)}
     if torch.cuda.is_available():
         measured["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return measured
@@ -64,8 +65,6 @@ def _call_measured(fn: Callable, args: tuple, kwargs: dict) -> dict:
 
 def isolated(fn: Callable, *args, **kwargs) -> dict:
     """fn(*args, **kwargs) in a fresh process, so its peak memory is its own: {"result", "peak_rss_mb", ...}.
-
-    peak_rss_above_start_mb excludes what the child held before fn ran (interpreter, imports).
     fn must be importable at module level (it is pickled by name).
     """
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

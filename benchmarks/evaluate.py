@@ -145,13 +145,6 @@ def scoring(quick: bool) -> dict:
             "full_logits_tokens_per_second": round(tokens / full_s, 1)}
 
 
-def _status_mb(key: str) -> float:
-    """VmRSS (now) or VmHWM (peak since start or the last reset) of this process, in MB."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(key + ":"))
-    return int(line.split()[1]) / 1024
-
-
 def scoring_peak_memory(way: str, rows: int, batch_size: int, max_length: int) -> dict:
     """Run in a fresh process: one way of scoring at vocabulary 151,936, and the memory it took.
 
@@ -163,11 +156,11 @@ def scoring_peak_memory(way: str, rows: int, batch_size: int, max_length: int) -
     score = {"before": full_logits_metrics, "after": evaluation.response_metrics}[way]
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
-    start_mb = _status_mb("VmRSS")
+    start_mb = common.status_mb("VmRSS")
     metrics = score(model, tokenizer, conversations, batch_size, max_length)
     return {"metrics": metrics, "rss_before_scoring_mb": round(start_mb, 1),
-            "scoring_peak_rss_mb": round(_status_mb("VmHWM"), 1),
-            "scoring_peak_above_start_mb": round(_status_mb("VmHWM") - start_mb, 1),
+            "scoring_peak_rss_mb": round(common.status_mb("VmHWM"), 1),
+            "scoring_peak_above_start_mb": round(common.status_mb("VmHWM") - start_mb, 1),
             "qwen2_tokenizer": real_tokenizer,
             "longest_batch": _longest_batch(tokenizer, conversations, batch_size, max_length)}
 

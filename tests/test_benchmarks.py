@@ -84,3 +84,17 @@ def test_command_line_lists_every_benchmark():
     assert "{" + ",".join(sorted(BENCHMARKS)) + "}" in out.stdout
     for name in BENCHMARKS:
         assert callable(importlib.import_module(f"benchmarks.{name}").run)
+
+
+def test_isolated_peak_memory_is_the_childs_own():
+    """A spawned child's ru_maxrss starts at its parent's peak; the figure must not (parent here: +400 MB)."""
+    import os
+
+    import numpy as np
+
+    ballast = np.ones(400 * 2**20 // 8)
+    parent_peak = common.status_mb("VmHWM")
+    child = common.isolated(os.getpid)
+    assert child["result"] != os.getpid()
+    assert child["peak_rss_mb"] < parent_peak - 300, (child, parent_peak)
+    del ballast
