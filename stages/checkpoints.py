@@ -19,11 +19,10 @@ PIPELINE = "dvc.yaml"
 FINGERPRINT_FILE = "fingerprint.json"
 TRAINER_STATE = "trainer_state.json"
 RNG_STATE = "rng_state.pth"
-TOKENS_FILE = "num_tokens.json"  # TRL's running token count, which its own state does not keep (train writes it)
-# What Trainer (and train, after it) writes for a single-process LoRA run; a checkpoint missing any of them is
-# not resumable (without rng_state.pth dropout would draw differently from an uninterrupted run).
+# What Trainer writes for a single-process LoRA run; a checkpoint missing any of them is not resumable
+# (without rng_state.pth dropout would draw differently from an uninterrupted run).
 REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json", TRAINER_STATE,
-                  "optimizer.pt", "scheduler.pt", RNG_STATE, TOKENS_FILE)
+                  "optimizer.pt", "scheduler.pt", RNG_STATE)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -112,11 +111,6 @@ def missing_files(checkpoint: str | os.PathLike, processes: int = 1) -> list[str
 
 def is_complete(checkpoint: str | os.PathLike, processes: int = 1) -> bool:
     return Path(checkpoint).is_dir() and not missing_files(checkpoint, processes)
-
-
-def tokens_trained(checkpoint: str | os.PathLike) -> int:
-    """Non-padding tokens trained on up to a (complete) checkpoint."""
-    return int(json.loads((Path(checkpoint) / TOKENS_FILE).read_text())["num_tokens"])
 
 
 def is_final(checkpoint: str | os.PathLike) -> bool:

@@ -22,7 +22,8 @@ def per_process_batch(t: params.TrainParams) -> tuple[int, int]:
     Each of train.num_processes processes takes an equal share (params checks it divides). The accumulation
     is divided when it can be (batch 2 x accum 4 on 2 processes: 2 x 2 each); otherwise the per-device
     batch shrinks, never grows (memory), to the largest size that divides the share (2 x 1 on 2: 1 x 1).
-    Every process draws from the same seeded order, so a step covers the same examples at any count.
+    Every process draws from the same seeded order, so a step covers the same examples at any count, except
+    an epoch's last step, which accelerate evens out across processes by repeating its first examples.
     """
     share = t.batch_size * t.grad_accum // t.num_processes
     batch = max(b for b in range(1, t.batch_size + 1) if share % b == 0)
@@ -109,15 +110,15 @@ def is_main(args) -> bool:
     return args.process_index == 0
 
 
-def from_main(args, fn, *fn_args):
-    """fn(*fn_args), run on the main process only, its result (or its exception) handed to every process:
+def from_main(args, fn):
+    """fn(), run on the main process only, its result (or its exception) handed to every process:
     the others would otherwise wait in the broadcast until the backend's timeout."""
     from accelerate.utils import broadcast_object_list
 
     outcome = [None, None]
     if is_main(args):
         try:
-            outcome[0] = fn(*fn_args)
+            outcome[0] = fn()
         except Exception as e:  # raised again below, on every process
             outcome[1] = e
     if args.world_size > 1:

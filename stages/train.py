@@ -190,10 +190,16 @@ def whole_run_loss(log_history: list[dict], this_call_loss: float, resumed_from:
     return (total + this_call_loss * tail) / max(steps + tail, 1)
 
 
-def final_evaluation(trainer) -> dict:
-    """The in-training evaluation at the last step when there was one (per epoch, it ends there), else one now."""
+def final_evaluation(trainer, live) -> dict:
+    """The in-training evaluation at the last step when there was one (per epoch, it ends there), else one now,
+    whose metrics dvclive (ended with training) must sync again."""
     at_end = [h for h in trainer.state.log_history if "eval_loss" in h and h["step"] == trainer.state.global_step]
-    return at_end[-1] if at_end else trainer.evaluate()
+    if at_end:
+        return at_end[-1]
+    metrics = trainer.evaluate()
+    if live is not None:
+        live.end()
+    return metrics
 
 
 # ---------------------------------------------------------------- library workarounds
@@ -226,21 +232,20 @@ def keep_lora_weights_fp32(model) -> None:
             weight.data = weight.data.float()
 
 
-def keep_token_count(trainer, resume_from: Path | None) -> int:
-    """TRL keeps its running `num_tokens` in a private counter that its checkpoints do not save and a resume
-    resets to 0: save it with every checkpoint (checkpoints.TOKENS_FILE), and restore it on resume.
-    Returns the tokens trained on before this call."""
+def keep_token_count(trainer) -> None:
+    """TRL keeps its running `num_tokens` in a private counter that checkpoints do not save and a resume resets
+    to 0: carry it in the trainer state's num_input_tokens_seen, which every checkpoint saves and a resume
+    restores (transformers' own counting of it stays off: include_num_input_tokens_seen "no")."""
     from transformers import TrainerCallback
 
-    class SaveTokenCount(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                io.write_json(checkpoint / checkpoints.TOKENS_FILE, {"num_tokens": trainer._total_train_tokens})
+    class CarryTokenCount(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            trainer._total_train_tokens = state.num_input_tokens_seen
 
-    trainer.add_callback(SaveTokenCount())
-    trainer._total_train_tokens = checkpoints.tokens_trained(resume_from) if resume_from else 0
-    return trainer._total_train_tokens
+        def on_step_end(self, args, state, control, **kwargs):  # before the step's checkpoint is saved
+            state.num_input_tokens_seen = trainer._total_train_tokens
+
+    trainer.add_callback(CarryTokenCount())
 
 
 def sort_target_modules(config_path: Path) -> None:
@@ -261,7 +266,6 @@ class Run:
     live: object
     tokenizer: object
     resume_from: Path | None
-    tokens_before: int  # non-padding tokens the resumed checkpoint had already trained on
 
 
 def build(p: params.Params) -> Run:
@@ -293,11 +297,11 @@ def build(p: params.Params) -> Run:
         callbacks=[step_aligned_dvclive()(live=live)],
     )
     keep_lora_weights_fp32(trainer.model)
-    tokens_before = keep_token_count(trainer, resume_from)
+    keep_token_count(trainer)
     if main:
         print(f"train: {modeling.device()}, {dtype}, {distributed.processes_note(p.train)}base {p.model.base} "
               f"({p.model.quantization}), lr {p.lr:g}" + (f", resuming from {resume_from}" if resume_from else ""))
-    return Run(trainer, live, tokenizer, resume_from, tokens_before)
+    return Run(trainer, live, tokenizer, resume_from)
 
 
 def fit(run: Run, p: params.Params) -> tuple[dict, dict]:
@@ -310,9 +314,7 @@ def fit(run: Run, p: params.Params) -> tuple[dict, dict]:
     except torch.OutOfMemoryError as e:
         raise modeling.ModelError(oom_advice(p.train, p.prepare.max_length)) from e
     seconds = time.time() - start
-    final_eval = final_evaluation(trainer)
-    if run.live is not None:
-        run.live.end()
+    final_eval = final_evaluation(trainer, run.live)
 
     state = trainer.state
     logged = [h for h in state.log_history if "loss" in h]
@@ -331,7 +333,7 @@ def fit(run: Run, p: params.Params) -> tuple[dict, dict]:
         "resumed_from_step": resumed_from,
         "train_seconds": round(seconds, 2),
         "train_samples_per_second": output.metrics.get("train_samples_per_second"),
-        "tokens_per_second": round((tokens - run.tokens_before) / max(seconds, 1e-9), 1),
+        "tokens_per_second": round((tokens - trainer._initial_num_input_tokens_seen) / max(seconds, 1e-9), 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "device": modeling.device(),
         "processes": p.train.num_processes,

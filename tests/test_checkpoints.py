@@ -30,8 +30,6 @@ def make_checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), name: str
             state = {"global_step": step, "max_steps": max_steps, "log_history": [{"step": s, "loss": 6.0 - s / 100, "num_tokens": 100 * s}
                                                           for s in range(1, step + 1)]}
             (path / file).write_text(json.dumps(state))
-        elif file == checkpoints.TOKENS_FILE:
-            (path / file).write_text(json.dumps({"num_tokens": 100 * step}))
         else:
             (path / file).write_bytes(b"x" * 16)
     return path
@@ -202,10 +200,9 @@ def test_resume_point_checks_the_run_process_count(tmp_path):
         assert checkpoints.resume_point(out, "run-a", processes=2) == out / "checkpoint-4"
 
 
-def test_step_of_and_tokens_trained(tmp_path):
+def test_step_of(tmp_path):
     checkpoint = make_checkpoint(tmp_path, 6)
     assert checkpoints.step_of(checkpoint) == 6
-    assert checkpoints.tokens_trained(checkpoint) == 600
     with pytest.raises(ValueError):
         checkpoints.step_of(tmp_path / "checkpoint-final")
 

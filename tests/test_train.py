@@ -53,9 +53,9 @@ def test_final_evaluation_reuses_the_one_at_the_last_step():
             return {"eval_loss": 9.0}
 
     at_end = Trainer([{"loss": 2.0, "step": 6}, {"eval_loss": 1.5, "step": 6}], step=6)
-    assert train.final_evaluation(at_end)["eval_loss"] == 1.5 and at_end.evaluated == 0
+    assert train.final_evaluation(at_end, None)["eval_loss"] == 1.5 and at_end.evaluated == 0
     earlier = Trainer([{"eval_loss": 1.5, "step": 3}, {"loss": 2.0, "step": 6}], step=6)  # max_steps mid-epoch
-    assert train.final_evaluation(earlier)["eval_loss"] == 9.0 and earlier.evaluated == 1
+    assert train.final_evaluation(earlier, None)["eval_loss"] == 9.0 and earlier.evaluated == 1
 
 
 # ---------------------------------------------------------------- LoRA weights in fp32, end to end
