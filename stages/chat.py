@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable
 
 import torch
 
@@ -65,7 +65,7 @@ def reply(model, tokenizer, history: list[dict], config, seed: int | None = None
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def session(model, tokenizer, config, lines: Iterable[str], out: TextIO, seed: int | None = None,
+def session(model, tokenizer, config, lines: Iterable[str], seed: int | None = None,
             interactive: bool = False) -> list[dict]:
     """A conversation: each line is a user turn, answered with the whole history; returns the history."""
     history: list[dict] = []
@@ -75,7 +75,7 @@ def session(model, tokenizer, config, lines: Iterable[str], out: TextIO, seed: i
             break
         history.append({"role": "user", "content": text})
         if interactive:
-            print("assistant> ", end="", file=out, flush=True)
+            print("assistant> ", end="", flush=True)  # the answer streams to stdout after it
         history.append({"role": "assistant", "content": reply(model, tokenizer, history, config, seed)})
     return history
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     interactive = sys.stdin.isatty()
     if interactive:
         print("Chat with the tuned model; an empty line, 'exit' or Ctrl-D ends it.")
-    session(model, tokenizer, config, _typed_lines(interactive), sys.stdout, seed, interactive)
+    session(model, tokenizer, config, _typed_lines(interactive), seed, interactive)
 
 
 if __name__ == "__main__":

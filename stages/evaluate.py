@@ -54,15 +54,15 @@ def main() -> None:
     p = params.load("prepare", "model", "evaluate")
     dtype = modeling.compute_dtype("auto")
     tokenizer = modeling.load_tokenizer(BASE_DIR)
+    base = io.read_json(BASE_RESULTS)
+    generation = same_generation(base.get("generation", {}), evaluation.settings_report(tokenizer, p.evaluate))
     model = modeling.load_tuned(BASE_DIR, ADAPTER_DIR, p.model.quantization, dtype, expected_base=p.model.base)
     tuned, outputs = evaluation.evaluate_model(model, tokenizer, pd.read_parquet(TEST_DATA), p.evaluate,
                                                p.prepare.max_length)
-    base = io.read_json(BASE_RESULTS)
     samples = side_by_side(base["outputs"], outputs)
+    metrics = compare(base["metrics"], tuned)
     io.write_jsonl(SAMPLES_OUT, samples)
     io.write_json(SAMPLES_PLOT, samples)
-    generation = same_generation(base.get("generation", {}), evaluation.settings_report(tokenizer, p.evaluate))
-    metrics = compare(base["metrics"], tuned)
     io.write_json(METRICS_OUT, metrics)
     io.write_json(GENERATION_OUT, generation)  # not in eval.json: a list (the end tokens) is no metric
     print(f"evaluate: loss {metrics['base.eval_loss']:.4f} -> {metrics['tuned.eval_loss']:.4f} "

@@ -56,15 +56,15 @@ def chunked_stats(hidden: torch.Tensor, targets: torch.Tensor, head, chunk: int)
     return total
 
 
-def batch_stats(logits: torch.Tensor, labels: torch.Tensor, chunk: int | None = None) -> dict:
+def batch_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """Sums over the response tokens of one batch (labels == -100 elsewhere), shifted for next-token.
 
-    logits[:, t] predicts labels[:, t + 1]. The unchunked reference for scoring from hidden states.
+    logits[:, t] predicts labels[:, t + 1]. The unchunked reference (in tests) for scoring from hidden states.
     """
     labels = labels[:, 1:]
     mask = labels != -100
     picked = logits[:, :-1][mask]  # [response tokens, vocab]
-    return chunked_stats(picked, labels[mask], lambda rows: rows, chunk or max(len(picked), 1))
+    return chunked_stats(picked, labels[mask], lambda rows: rows, max(len(picked), 1))
 
 
 def summarize_stats(total: dict) -> dict:
@@ -198,27 +198,27 @@ def generate(model, tokenizer, conversations: list[dict], batch_size: int, max_n
     config = generation_config(max_new_tokens=max_new_tokens, eos_token_id=end_ids,
                                pad_token_id=tokenizer.pad_token_id, do_sample=do_sample, temperature=temperature)
     device = next(model.parameters()).device
-    texts = [tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True) for c in conversations]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the last position of every row
     results = []
-    try:
-        for start in tqdm(range(0, len(texts), batch_size), desc="sampling" if do_sample else "generating",
-                          unit="batch", disable=None):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)
-            if do_sample:
-                torch.manual_seed(seed + start)
-            output = model.generate(**batch, generation_config=config)
-            for row in output[:, batch["input_ids"].shape[1] :].tolist():
-                end = next((i for i, token in enumerate(row) if token in end_ids), None)
-                stopped = end is not None
-                tokens = row[:end] if stopped else row
-                results.append({"text": tokenizer.decode(tokens, skip_special_tokens=True),
-                                "tokens": len(tokens), "stopped": stopped})
-    finally:
-        tokenizer.padding_side = side
+    for start in tqdm(range(0, len(conversations), batch_size), desc="sampling" if do_sample else "generating",
+                      unit="batch", disable=None):
+        batch = prompt_batch(tokenizer, conversations[start : start + batch_size], device)
+        if do_sample:
+            torch.manual_seed(seed + start)
+        output = model.generate(**batch, generation_config=config)
+        for row in output[:, batch["input_ids"].shape[1] :].tolist():
+            end = next((i for i, token in enumerate(row) if token in end_ids), None)
+            stopped = end is not None
+            tokens = row[:end] if stopped else row
+            results.append({"text": tokenizer.decode(tokens, skip_special_tokens=True),
+                            "tokens": len(tokens), "stopped": stopped})
     return results
+
+
+def prompt_batch(tokenizer, conversations: list[dict], device):
+    """The conversations' prompts (chat template, generation prompt) as one batch, left-padded: generation
+    continues from the last position of every row."""
+    texts = [tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True) for c in conversations]
+    return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
 
 
 def settings_report(tokenizer, cfg) -> dict:

@@ -38,18 +38,6 @@ def say(phase: str, message: str) -> None:
 # ---------------------------------------------------------------- parity
 
 
-def parity_batch(tokenizer, test: pd.DataFrame, num_prompts: int, device) -> dict:
-    """The first test prompts (chat template applied), left-padded into one batch."""
-    conversations = prompts.conversations(test.head(num_prompts))
-    texts = [tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True)
-             for c in conversations]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    finally:
-        tokenizer.padding_side = side
-
-
 @torch.no_grad()
 def logits(model, batch) -> torch.Tensor:
     """fp32 logits at the batch's real (unpadded) positions."""
@@ -64,10 +52,9 @@ def logits_and_greedy(model, batch, max_new_tokens: int = 16, pad_id: int | None
 
 
 def export_dtype(setting: str) -> torch.dtype:
-    """auto: bf16 on GPUs that support it, else fp32 (never fp16: its range overflows on some weights)."""
-    if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return modeling.compute_dtype(setting)
+    """As train.precision, except that auto never picks fp16 (its range overflows on some weights): fp32 there."""
+    dtype = modeling.compute_dtype(setting)
+    return torch.float32 if setting == "auto" and dtype == torch.float16 else dtype
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -292,7 +279,7 @@ def main() -> None:
     test = pd.read_parquet(TEST_DATA)
 
     tuned = load(p)
-    batch = parity_batch(tokenizer, test, p.merge.num_prompts, tuned.device)
+    batch = evaluation.prompt_batch(tokenizer, prompts.conversations(test.head(p.merge.num_prompts)), tuned.device)
     reference, reference_tokens = logits_and_greedy(tuned, batch, pad_id=tokenizer.pad_token_id)
     with tuned.disable_adapter():
         base = logits(tuned, batch)
