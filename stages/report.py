@@ -145,11 +145,6 @@ def revision_reader(rev: str) -> Reader:
     return read
 
 
-def token_lengths(tokenizer, frame) -> list[int]:
-    """Tokens per training example after the chat template, as prepare and SFTTrainer count them."""
-    return prompts.token_lengths(tokenizer, frame).tolist()
-
-
 # ---------------------------------------------------------------- tables
 
 
@@ -351,8 +346,9 @@ def run_page(run: Run, lengths: list[int], max_length: int) -> str:
 
 def compare_page(a: Run, b: Run) -> str:
     columns = compare_columns(a, b)
-    answers_b = {row.get("row"): row.get("tuned_output") for row in b.samples}
-    paired = [{**row, "b": answers_b.get(row.get("row"))} for row in a.samples]
+    # by prompt, not row number: revisions with another seed, n or data sample other rows
+    answers_b = {row.get("prompt"): row.get("tuned_output") for row in b.samples}
+    paired = [{**row, "b": answers_b.get(row.get("prompt"))} for row in a.samples]
     charts = [*curve_figures([a, b]),
               figure_html("Tuned metrics", metrics_svg([columns[0], columns[1], columns[3]], ["0.6", "C0", "C1"]),
                           "no metrics", True)]  # base grey; each run the colour of its curves
@@ -387,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         from stages import modeling
 
         p = params.load("prepare")
-        lengths = token_lengths(modeling.load_tokenizer(BASE_DIR), pd.read_parquet(TRAIN_DATA))
+        lengths = prompts.token_lengths(modeling.load_tokenizer(BASE_DIR), pd.read_parquet(TRAIN_DATA)).tolist()
         text, out = run_page(load_run(workspace_reader, ""), lengths, p.prepare.max_length), args.output or OUT
     with io.atomic_path(out) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -131,6 +131,20 @@ def test_compare_table_has_both_runs_and_their_difference():
     assert rows["eval_loss"] == [2.5, 2.0, 2.5, 1.5, -0.5]
 
 
+def test_compare_pairs_answers_by_prompt_not_row_number():
+    no_curves = {t: {} for t in report.CURVES}
+    a = report.Run("main", no_curves, EVAL, {}, [{"row": 0, "prompt": "What is APR?", "tuned_output": "a rate"},
+                                          {"row": 1, "prompt": "Define equity.", "tuned_output": "ownership"}])
+    b = report.Run("seed-7", no_curves, EVAL, {}, [{"row": 0, "prompt": "Define equity.", "tuned_output": "a stake"},
+                                            {"row": 1, "prompt": "What is a bond?", "tuned_output": "a loan"}])
+    page = report.compare_page(a, b)
+    equity = page[page.index("Define equity."):]
+    assert equity.index("a stake") < equity.index("</tr>")  # b's answer to the same prompt, in the same row
+    assert "a loan" not in page  # a prompt only b sampled has no row of a's to go in
+    apr = page[page.index("What is APR?"):]
+    assert "a stake" not in apr[:apr.index("</tr>")]  # control: by row number, b's row 0 would sit here
+
+
 # ---------------------------------------------------------------- charts
 
 
@@ -144,7 +158,7 @@ def test_a_chart_is_the_same_bytes_every_time(monkeypatch):
 def test_token_lengths_count_the_chat_template(tiny_tokenizer):
     frame = pd.DataFrame({"instruction": ["What is a bond?", "Define equity."], "input": ["", "in finance"],
                           "output": ["A loan to an issuer.", "Ownership."]})
-    lengths = report.token_lengths(tiny_tokenizer, frame)
+    lengths = prompts.token_lengths(tiny_tokenizer, frame).tolist()  # what the report plots
     expected, plain = [], []
     for c in prompts.conversations(frame):
         text = tiny_tokenizer.apply_chat_template(c["prompt"] + c["completion"], tokenize=False)
