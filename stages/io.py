@@ -98,11 +98,8 @@ def digest(path: str | os.PathLike, known: dict | None = None, seen: dict | None
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_any(path: str | os.PathLike) -> pd.DataFrame:
