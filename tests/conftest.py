@@ -9,15 +9,6 @@ import pytest
 from helpers import FAST_PARAMS, REPO, make_project
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Stages in subprocesses train with one CPU thread: the tiny model gains nothing from two, and on a shared
-    2-core machine OpenMP's spinning threads make a run 2-5x slower. (helpers.env() copies os.environ.)"""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)

@@ -120,9 +120,6 @@ def assert_same_result(project: Path, reference: dict, live_history: bool = True
 
 # ---------------------------------------------------------------- fixtures
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """ingest, base and prepare run once; each test trains in its own copy."""

@@ -23,9 +23,6 @@ PARAMS = {
 CLEARED = "clearing checkpoints"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     project = helpers.make_project(tmp_path_factory.mktemp("trained"), params=PARAMS, git=False)
