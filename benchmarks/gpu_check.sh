@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # What the GPU image lacks (it has torch, transformers, peft, accelerate, pandas, pyarrow, safetensors),
 # at requirements.txt's pins.
-LACKS="trl bitsandbytes dvclive datasets rouge_score"
+LACKS="trl bitsandbytes dvclive datasets sacrebleu"
+SDIST_ONLY="rouge_score"  # no wheel on PyPI: built here (pure Python, so one wheel fits any CPython 3)
 case "${1:-}" in
   download)
     MISSING=""
@@ -20,7 +21,12 @@ case "${1:-}" in
     done
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-      --platform manylinux2014_x86_64 --platform any -d .whl $MISSING ;;
+      --platform manylinux2014_x86_64 --platform any -d .whl $MISSING
+    for name in $SDIST_ONLY; do
+      python3 -m pip wheel -q --no-deps -w .whl "$(grep -iE "^${name}==" requirements.txt | cut -d' ' -f1)"
+    done
+    # --no-deps: what these need in turn is not fetched; check each against the image's `pip list`.
+    for wheel in .whl/*.whl; do echo "$wheel:"; unzip -p "$wheel" '*/METADATA' | grep '^Requires-Dist' | grep -v extra; done ;;
   run)
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PIPELINE_SKIP_ENV_CHECK=1
