@@ -1,9 +1,10 @@
-"""The pipeline's stages, run by `dvc repro` as `python -m stages.<name>`.
+"""The pipeline's stages, one module per dvc.yaml stage, run by `dvc repro` as `python -m stages.<name>`.
 
-dvc runs whichever `python` comes first on PATH: before any stage imports pandas or torch,
-check that it is the project's environment and say how to get there if not.
+Nothing imports these modules (tests/unit/test_layout.py checks it): what they do lives in `finetune`.
+dvc runs whichever `python` comes first on PATH, so before a stage imports pandas or torch, this
+entry point checks that it is the project's environment and says how to get there if not.
 """
 
-from stages import environment
+from finetune import environment
 
 environment.check()

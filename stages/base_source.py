@@ -1,60 +1,16 @@
-"""base_source: content fingerprints of the local directories the base stage reads -> models/base_source.json.
+"""base_source: fingerprints of a local model.base / model.tiny.tokenizer directory -> models/base_source.json."""
 
-DVC cannot see a directory named by a param (a local `model.base`, a `model.tiny.tokenizer` dir).
-This stage runs on every `dvc repro` (always_changed; no pandas or torch, well under a second)
-and writes the same bytes while those files are unchanged; base depends on its output, so base and
-everything after it rerun exactly when the files change. Per-file digests are cached by size, mtime
-and inode (as DVC does), so a large model is not read again while it is untouched.
-"""
-
-from __future__ import annotations
-
-import json
-from pathlib import Path
-
-from stages import errors, io, params
-
-OUT = "models/base_source.json"
-DIGEST_CACHE = "models/.base_source_cache.json"  # gitignored; only spares rereading unchanged files
-
-
-def local_dir(value: str) -> Path | None:
-    """The directory a param names, or None for 'tiny', 'bpe' or a hub id (as modeling.resolve_pretrained decides)."""
-    if value in ("tiny", "bpe"):
-        return None
-    path = Path(value).expanduser()
-    return path.resolve() if path.is_dir() else None
-
-
-def fingerprint(directory: Path, known: dict | None = None, seen: dict | None = None) -> dict:
-    return {"path": str(directory), "sha256": io.digest(directory, known, seen)}
-
-
-def sources(cfg: params.ModelParams, known: dict | None = None, seen: dict | None = None) -> dict:
-    """What base builds from: each watched param's value, or the fingerprint of the directory it names."""
-    watched = {"model.base": cfg.base}
-    if cfg.base == "tiny":  # the tiny model's tokenizer: 'bpe' (trained here) or a directory
-        watched["model.tiny.tokenizer"] = cfg.tiny.tokenizer
-    return {key: fingerprint(directory, known, seen) if (directory := local_dir(value)) else value
-            for key, value in watched.items()}
-
-
-def read_cache() -> dict:
-    try:
-        cache = json.loads(Path(DIGEST_CACHE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
+from finetune import config, errors, files, model_source, paths
 
 
 def main() -> None:
-    p = params.load("model")
+    p = config.load("model")
     seen: dict = {}
-    found = sources(p.model, read_cache(), seen)
-    io.write_json(OUT, found)
-    io.write_json(DIGEST_CACHE, seen)
+    found = model_source.sources(p.model, model_source.read_cache(), seen)
+    files.write_json(paths.BASE_SOURCE, found)
+    files.write_json(paths.BASE_SOURCE_CACHE, seen)
     shown = {key: value if isinstance(value, str) else value["sha256"][:12] for key, value in found.items()}
-    print(f"base_source: {shown} -> {OUT}")
+    print(f"base_source: {shown} -> {paths.BASE_SOURCE}")
 
 
 if __name__ == "__main__":

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 from pathlib import Path
 
-import logging
-
 import torch
 
-from stages import prompts
-from stages.errors import StageError
-
-
-class _FirstTimeOnly(logging.Filter):
-    def __init__(self):
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        new = record.msg not in self.seen
-        self.seen.add(record.msg)
-        return new
-
-
-# bitsandbytes logs a warning on every 8-bit matmul of an fp32 input (the CPU path); once is enough.
-logging.getLogger("bitsandbytes.autograd._functions").addFilter(_FirstTimeOnly())
-# ...and, on CPU, asks to `pip install kernels`, which would fetch 4-bit kernels from a hub: not here.
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.msg)
-
-SOURCE_FILE = "source.json"  # in models/base: where the weights live when they are not copied there
-
-
-class ModelError(StageError, RuntimeError):
-    """A model or adapter that cannot be used: says what was expected and what to do."""
+from finetune import chat_format, paths
+from finetune.errors import ModelError
 
 
 # ---------------------------------------------------------------- hardware
@@ -54,91 +31,34 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 # ---------------------------------------------------------------- tokenizers
 
-def _finish_tokenizer(tokenizer):
-    """Qwen2-Instruct conventions: ChatML template, <|im_end|> ends a turn, <|endoftext|> pads."""
-    from tokenizers import AddedToken
-
-    tokenizer.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(t, special=True) for t in prompts.SPECIAL_TOKENS[1:]]}
-    )
-    tokenizer.eos_token = prompts.END_OF_TURN
-    tokenizer.pad_token = "<|endoftext|>"
-    tokenizer.chat_template = prompts.CHATML_TEMPLATE
-    tokenizer.padding_side = "right"
-    return tokenizer
-
-
-def train_bpe_tokenizer(texts, vocab_size: int):
-    """Byte-level BPE with Qwen2's pre-tokenizer, trained on `texts`: a small Qwen2-style vocabulary."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(prompts.SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(texts, trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return _finish_tokenizer(Qwen2Tokenizer(vocab=model["vocab"], merges=merges))
-
-
-def qwen2_tokenizer_from_files(directory: str | os.PathLike):
-    """The real Qwen2 vocabulary from vocab.json + merges.txt (no hub needed)."""
-    from transformers import Qwen2Tokenizer
-
-    directory = Path(directory)
-    missing = [n for n in ("vocab.json", "merges.txt") if not (directory / n).is_file()]
-    if missing:
-        raise ModelError(f"model.tiny.tokenizer: {directory} lacks {', '.join(missing)}")
-    return _finish_tokenizer(Qwen2Tokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt")))
-
-
 def load_tokenizer(base_dir: str | os.PathLike):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     if tokenizer.chat_template is None:
-        tokenizer.chat_template = prompts.CHATML_TEMPLATE
+        tokenizer.chat_template = chat_format.CHATML_TEMPLATE
     return tokenizer
 
 
 # ---------------------------------------------------------------- base models
 
-def build_tiny_model(cfg, tokenizer):
-    """A random Qwen2ForCausalLM sized by params (model.tiny), reproducible from its seed."""
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+class _FirstTimeOnly(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
 
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(cfg.seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
-    return model
+    def filter(self, record: logging.LogRecord) -> bool:
+        new = record.msg not in self.seen
+        self.seen.add(record.msg)
+        return new
+
+
+@functools.cache
+def quiet_bitsandbytes() -> None:
+    """bitsandbytes logs a warning on every 8-bit matmul of an fp32 input (the CPU path): once is enough.
+    On CPU it also asks to `pip install kernels`, which would fetch 4-bit kernels from a hub: not here."""
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_FirstTimeOnly())
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.msg)
 
 
 def resolve_pretrained(base: str, revision: str) -> dict:
@@ -175,7 +95,7 @@ def resolve_pretrained(base: str, revision: str) -> dict:
 def weights_dir(base_dir: str | os.PathLike) -> str:
     """The directory holding the base weights: models/base itself, or where source.json points."""
     base_dir = Path(base_dir)
-    source = base_dir / SOURCE_FILE
+    source = base_dir / paths.SOURCE_FILE
     if not source.is_file():
         return str(base_dir)
     path = json.loads(source.read_text())["path"]
@@ -188,6 +108,7 @@ def load_model(base_dir: str | os.PathLike, quantization: str = "none", dtype: t
     """The base model, quantized with bitsandbytes (8bit / 4bit) or not ('none')."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    quiet_bitsandbytes()
     kwargs = {}
     if quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)

@@ -28,14 +28,11 @@ from typing import Any, Literal
 
 import yaml
 
-from stages.errors import StageError
+from finetune import paths
+from finetune.errors import ParamsError
 
-PARAMS_FILE = "params.yaml"
+PARAMS_FILE = paths.PARAMS
 SEED = "in [0, 2**32)"  # numpy and pandas reject other seeds, after the work has started
-
-
-class ParamsError(StageError, ValueError):
-    """All problems found in params.yaml, one per line."""
 
 
 def rule(default: Any, bound: str = "", *, why: str = "", nonempty: bool | str = False) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -12,10 +11,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from stages import io
-from stages.errors import StageError
+from finetune import files
 
-PIPELINE = "dvc.yaml"
 FINGERPRINT_FILE = "fingerprint.json"
 TRAINER_STATE = "trainer_state.json"
 RNG_STATE = "rng_state.pth"
@@ -30,41 +27,8 @@ def fingerprint(settings: dict, inputs: list[str | os.PathLike]) -> str:
     """Identity of a training run: its settings and the exact bytes of its inputs."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in inputs:
-        h.update(io.digest(path).encode())
+        h.update(files.digest(path).encode())
     return h.hexdigest()
-
-
-def param_value(p, key: str):
-    """The value of a dotted params key (`train.lora.r`, `lr`) in a loaded Params, sections as plain dicts."""
-    value = p
-    for part in key.split("."):
-        value = getattr(value, part, None)
-        if value is None:
-            raise StageError(f"{PIPELINE} lists params key {key!r}, which this stage did not load from params.yaml")
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-
-
-def stage_inputs(stage: str, p=None, pipeline: str | os.PathLike = PIPELINE) -> tuple[list[str], list[str]]:
-    """A stage's deps (`${key}` filled in from `p`) and params keys, as dvc.yaml lists them.
-
-    The one list of what a stage reads: DVC reruns the stage when one changes, and the stage's own
-    fingerprint of resumable state covers the same list, so the two cannot drift.
-    """
-    import yaml
-
-    try:
-        spec = (yaml.safe_load(Path(pipeline).read_text()) or {}).get("stages", {})[stage]
-    except (OSError, yaml.YAMLError, KeyError, AttributeError) as e:
-        raise StageError(f"{pipeline}: cannot read stage {stage!r} ({type(e).__name__}: {e}); "
-                         "run from the project root") from e
-    keys = []
-    for entry in spec.get("params", []):
-        if not isinstance(entry, str):  # `- other.yaml: [keys]`: not a params.yaml key this code can look up
-            raise StageError(f"{pipeline}: stage {stage!r} lists params {entry!r}; only params.yaml keys are supported")
-        keys.append(entry)
-    fill = lambda m: str(param_value(p, m.group(1)))  # noqa: E731
-    deps = [re.sub(r"\$\{\s*([\w.]+)\s*\}", fill, dep) for dep in spec.get("deps", [])]
-    return deps, keys
 
 
 def step_of(checkpoint: str | os.PathLike) -> int:
@@ -157,7 +121,7 @@ def rewind_live(live_dir: str | os.PathLike, step: int) -> None:
             continue
         kept = [lines[0]] + [ln for ln in lines[1:] if (s := _row_step(ln)) is not None and s <= step]
         if len(kept) != len(lines):
-            with io.atomic_path(tsv) as tmp:
+            with files.atomic_path(tsv) as tmp:
                 tmp.write_text("".join(kept))
     for name, load in (("metrics.json", json.loads), ("params.yaml", yaml.safe_load)):
         path = live_dir / name
@@ -190,7 +154,7 @@ def resume_point(output_dir: str | os.PathLike, run_id: str, processes: int = 1)
         if output_dir.exists():
             print(f"train: clearing checkpoints in {output_dir}: they belong to a run with other params or inputs")
             shutil.rmtree(output_dir)
-        io.write_json(stamp, {"fingerprint": run_id})
+        files.write_json(stamp, {"fingerprint": run_id})
         return None
     checkpoint = latest_complete(output_dir, processes=processes)
     if checkpoint is not None and is_final(checkpoint):

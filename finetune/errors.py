@@ -15,6 +15,18 @@ class StageError(Exception):
     """A problem the user can act on: the message names the file, key or row, and what to do."""
 
 
+class ParamsError(StageError, ValueError):
+    """All problems found in params.yaml, one per line."""
+
+
+class DataError(StageError, ValueError):
+    """Bad input data: the message names the file, the row or key, and the reason."""
+
+
+class ModelError(StageError, RuntimeError):
+    """A model or adapter that cannot be used: says what was expected and what to do."""
+
+
 def stage_name() -> str:
     """`train` for `python -m stages.train` (known before the module itself is imported)."""
     argv = sys.orig_argv

@@ -38,7 +38,7 @@ def check() -> None:
     """
     if not REQUIREMENTS.is_file() or os.environ.get("PIPELINE_SKIP_ENV_CHECK") == "1":
         return
-    from stages.errors import stage_name
+    from finetune.errors import stage_name
 
     missing, other = problems(pins(REQUIREMENTS.read_text()))
     if missing:

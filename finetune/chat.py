@@ -1,10 +1,10 @@
-"""chat: talk to the tuned model (not a DVC stage).
+"""chat: talk to the tuned model (the package's command, not a DVC stage).
 
-    python -m stages.chat --prompt "What is a bond?"   # one answer, then exit
-    python -m stages.chat                              # a conversation; empty line, "exit" or Ctrl-D ends it
-    python -m stages.chat --adapter                    # models/base + models/adapter instead of models/merged
+    python -m finetune.chat --prompt "What is a bond?"   # one answer, then exit
+    python -m finetune.chat                              # a conversation; empty line, "exit" or Ctrl-D ends it
+    python -m finetune.chat --adapter                    # models/base + models/adapter instead of models/merged
 
-Generation settings are the evaluation's (params.yaml evaluate section, evaluation.generation_config):
+Generation settings are the evaluation's (params.yaml evaluate section, evaluation.generation.generation_config):
 greedy, or sampled at evaluate.temperature when evaluate.do_sample is true.
 """
 
@@ -17,36 +17,34 @@ from typing import Iterable
 
 import torch
 
-from stages import errors, evaluation, modeling, params
+from finetune import config, errors, modeling, paths
+from finetune.evaluation import generation
 
-MERGED_DIR = "models/merged"
-BASE_DIR = "models/base"
-ADAPTER_DIR = "models/adapter"
 EXIT_WORDS = {"exit", "quit"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.chat", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m finetune.chat", description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", help="answer this once and exit (default: an interactive conversation)")
-    parser.add_argument("--model", default=MERGED_DIR, help=f"merged model directory (default {MERGED_DIR})")
-    parser.add_argument("--adapter", nargs="?", const=ADAPTER_DIR, metavar="DIR",
-                        help=f"use --base + this LoRA adapter instead of the merged model (default {ADAPTER_DIR})")
-    parser.add_argument("--base", default=BASE_DIR, help=f"base model directory for --adapter (default {BASE_DIR})")
+    parser.add_argument("--model", default=paths.MERGED_DIR, help=f"merged model directory (default {paths.MERGED_DIR})")
+    parser.add_argument("--adapter", nargs="?", const=paths.ADAPTER_DIR, metavar="DIR",
+                        help=f"use --base + this LoRA adapter instead of the merged model (default {paths.ADAPTER_DIR})")
+    parser.add_argument("--base", default=paths.BASE_DIR, help=f"base model directory for --adapter (default {paths.BASE_DIR})")
     parser.add_argument("--max-new-tokens", type=int, help="default: evaluate.max_new_tokens")
     return parser.parse_args(argv)
 
 
-def load(args: argparse.Namespace, p: params.Params):
+def load(args: argparse.Namespace, p: config.Params):
     """The merged model as a user loads it, or base + adapter (quantized as model.quantization)."""
     dtype = modeling.compute_dtype("auto")
     if args.adapter:
         if not Path(args.base).is_dir():
-            raise modeling.ModelError(f"{args.base}: no base model; run `dvc repro base` first")
+            raise errors.ModelError(f"{args.base}: no base model; run `dvc repro base` first")
         model = modeling.load_tuned(args.base, args.adapter, p.model.quantization, dtype, expected_base=p.model.base)
         return model, modeling.load_tokenizer(args.base)
     if not Path(args.model, "config.json").is_file():
-        raise modeling.ModelError(f"{args.model}: no merged model; run `dvc repro merge` first, "
-                                  "or chat with base + adapter: python -m stages.chat --adapter")
+        raise errors.ModelError(f"{args.model}: no merged model; run `dvc repro merge` first, "
+                                  "or chat with base + adapter: python -m finetune.chat --adapter")
     return modeling.load_model(args.model, "none", dtype), modeling.load_tokenizer(args.model)
 
 
@@ -92,20 +90,20 @@ def _typed_lines(interactive: bool):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    p = params.load("model", "evaluate")
+    p = config.load("model", "evaluate")
     cfg = p.evaluate
     model, tokenizer = load(args, p)
-    config = evaluation.generation_config(
-        max_new_tokens=args.max_new_tokens or cfg.max_new_tokens, eos_token_id=evaluation.end_token_ids(tokenizer),
+    settings = generation.generation_config(
+        max_new_tokens=args.max_new_tokens or cfg.max_new_tokens, eos_token_id=generation.end_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id, do_sample=cfg.do_sample, temperature=cfg.temperature)
     seed = cfg.seed if cfg.do_sample else None
     if args.prompt is not None:
-        reply(model, tokenizer, [{"role": "user", "content": args.prompt}], config, seed)
+        reply(model, tokenizer, [{"role": "user", "content": args.prompt}], settings, seed)
         return
     interactive = sys.stdin.isatty()
     if interactive:
         print("Chat with the tuned model; an empty line, 'exit' or Ctrl-D ends it.")
-    session(model, tokenizer, config, _typed_lines(interactive), seed, interactive)
+    session(model, tokenizer, settings, _typed_lines(interactive), seed, interactive)
 
 
 if __name__ == "__main__":

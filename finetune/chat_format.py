@@ -1,8 +1,6 @@
-"""The one place the prompt format lives: Alpaca row -> chat conversation, its identity, its length."""
+"""The one place the prompt format lives: Alpaca row -> chat conversation -> the model's chat template, and its length."""
 
 from __future__ import annotations
-
-import unicodedata
 
 import numpy as np
 import pandas as pd
@@ -45,53 +43,6 @@ def conversations(frame) -> list[dict]:
     """Every row of an Alpaca frame (instruction/input/output, missing input as "") as a conversation."""
     rows = frame.astype(object).where(frame.notna(), "")
     return [to_conversation(r["instruction"], r["input"], r["output"]) for r in rows.to_dict("records")]
-
-
-# Characters stripped from both ends of a normalised text: Unicode punctuation (P*) and whitespace.
-# All of them lie below U+20000 (tests/test_prepare.py checks the whole range).
-EDGE = frozenset(c for c in map(chr, range(0x20000)) if c.isspace() or unicodedata.category(c).startswith("P"))
-
-
-def normalise(text: str) -> str:
-    """Text as prompts are compared: NFKC, case-folded, whitespace collapsed, surrounding whitespace
-    and punctuation stripped ("Define  APR." and "define apr" are the same)."""
-    if text.isascii():  # NFKC leaves ASCII as it is, and casefold is lower there
-        text = text.lower()
-    else:
-        text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    if not text.isprintable() or "  " in text:  # whitespace other than single spaces (all of it is unprintable)
-        text = " ".join(text.split())
-    start, end = 0, len(text)
-    while start < end and text[start] in EDGE:
-        start += 1
-    while end > start and text[end - 1] in EDGE:
-        end -= 1
-    return text[start:end]
-
-
-def prompt_identity(instruction: str, input_text: str) -> str:
-    """The identity of a prompt, for dedup and splitting: the normalised user turn of the normalised parts."""
-    return normalise(user_text(normalise(instruction), normalise(input_text)))
-
-
-# normalise(user_text(a, b)) for normalised a and non-empty normalised b is a + _JOIN + b: the column
-# version below builds that without normalising the joined text again.
-_JOIN = normalise(user_text("a", "b"))[1:-1]
-
-
-def prompt_identities(frame: pd.DataFrame) -> pa.Array:
-    """prompt_identity of every row (missing input as ""), each distinct text normalised once."""
-    instructions, inputs = _normalised(frame["instruction"]), _normalised(frame["input"])
-    joined = pc.binary_join_element_wise(instructions, inputs, pa.scalar(_JOIN, pa.large_string()))
-    return pc.if_else(pc.equal(inputs, ""), instructions, joined)
-
-
-def _normalised(column: pd.Series) -> pa.Array:
-    texts = pc.fill_null(pa.array(column, type=pa.large_string(), from_pandas=True), "")
-    uniques = pc.unique(texts)
-    done = [normalise(t) for t in tqdm(uniques.to_pylist(), desc="normalising prompts", unit="texts",
-                                       disable=None, leave=False)]
-    return pa.array(done, type=pa.large_string()).take(pc.index_in(texts, value_set=uniques))
 
 
 def token_length(tokenizer, conversation: dict) -> int:

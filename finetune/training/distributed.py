@@ -13,10 +13,10 @@ import sys
 
 import torch
 
-from stages import params
+from finetune import config
 
 
-def per_process_batch(t: params.TrainParams) -> tuple[int, int]:
+def per_process_batch(t: config.TrainParams) -> tuple[int, int]:
     """(per-device batch, accumulation steps) so that an optimizer step still sees batch_size * grad_accum examples.
 
     Each of train.num_processes processes takes an equal share (params checks it divides). The accumulation
@@ -85,17 +85,17 @@ def die_with_launcher() -> None:
         sys.exit("train: error: the launcher died while this process started")
 
 
-def check_process_count(t: params.TrainParams) -> None:
+def check_process_count(t: config.TrainParams) -> None:
     """A launch by hand must match params: dvc.lock records train.num_processes, and the batch split follows it."""
     started = processes_started()
     if started != t.num_processes:
-        raise params.error(
+        raise config.error(
             f"train.num_processes is {t.num_processes}, but the launcher started {started} processes: set "
             f"train.num_processes: {started}, or run `python -m stages.train` (or dvc repro), which starts "
             "train.num_processes processes itself")
 
 
-def processes_note(t: params.TrainParams) -> str:
+def processes_note(t: config.TrainParams) -> str:
     """For the start line: the process count, backend and CPU threads (empty for one process)."""
     if t.num_processes == 1:
         return ""
