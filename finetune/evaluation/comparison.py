@@ -3,7 +3,6 @@ both models answered under the same generation settings."""
 
 from __future__ import annotations
 
-from finetune import paths
 from finetune.errors import DataError
 
 # Every model's headline metrics, in the order the report and the model card show them.
@@ -22,11 +21,12 @@ def compare(base: dict, tuned: dict) -> dict:
     return out
 
 
-def side_by_side(base_outputs: list[dict], tuned_outputs: list[dict]) -> list[dict]:
+def side_by_side(base_outputs: list[dict], tuned_outputs: list[dict], source: str) -> list[dict]:
+    """Each sampled prompt's reference, base and tuned answers; `source` (the base results) names the file in errors."""
     rows = []
     for b, t in zip(base_outputs, tuned_outputs, strict=True):
         if b["row"] != t["row"]:
-            raise DataError(f"{paths.BASE_RESULTS} was made for other test rows; rerun `dvc repro evaluate_base`")
+            raise DataError(f"{source} was made for other test rows; rerun `dvc repro evaluate_base`")
         row = {"row": t["row"], "prompt": t["prompt"], "reference": t["reference"],
                "base_output": b["greedy"], "tuned_output": t["greedy"]}
         if "sampled" in t:
@@ -35,11 +35,11 @@ def side_by_side(base_outputs: list[dict], tuned_outputs: list[dict]) -> list[di
     return rows
 
 
-def same_generation(base: dict, tuned: dict) -> dict:
+def same_generation(base: dict, tuned: dict, source: str) -> dict:
     """The generation settings both models answered with (they must be the same to compare answers)."""
     if base != tuned:
         changed = sorted(k for k in set(base) | set(tuned) if base.get(k) != tuned.get(k))
-        raise DataError(f"{paths.BASE_RESULTS} was generated with other settings ({', '.join(changed)}); "
+        raise DataError(f"{source} was generated with other settings ({', '.join(changed)}); "
                            "rerun `dvc repro evaluate_base`")
     return tuned
 
