@@ -46,7 +46,9 @@ def parse_curve(text: str, column: str, source: str) -> Points:
 
 
 def curve_files(pipeline: str = paths.PIPELINE) -> dict[str, dict[str, tuple[str, str]]]:
-    """dvc.yaml's top-level plots, the one list of curves: title -> series ("train", "eval") -> (TSV, column)."""
+    """dvc.yaml's top-level plots, the one list of curves: title -> series ("train", "eval") -> (TSV, column).
+
+    DVC refuses dvc.yaml as a stage dependency, so editing the plots does not rerun the report by itself."""
     import yaml
 
     curves = {}
