@@ -122,6 +122,7 @@ def load_model(base_dir: str | os.PathLike, quantization: str = "none", dtype: t
 
 def load_tuned(base_dir, adapter_dir, quantization: str, dtype: torch.dtype, expected_base: str | None = None):
     """Base + LoRA adapter, after checking the adapter is complete and made for this base."""
+    quiet_bitsandbytes()  # peft imports bitsandbytes
     from peft import PeftModel
 
     check_adapter(adapter_dir, expected_base)

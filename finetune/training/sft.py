@@ -181,6 +181,7 @@ class TrainingRun:
 
 
 def build(p: config.Params) -> TrainingRun:
+    modeling.quiet_bitsandbytes()  # before peft and trl import bitsandbytes
     from dvclive import Live
     from peft import prepare_model_for_kbit_training
     from trl import SFTTrainer
