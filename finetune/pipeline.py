@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
+
+from pydantic import BaseModel
 
 from finetune import paths
 from finetune.errors import StageError
@@ -18,7 +19,7 @@ def param_value(p, key: str):
         value = getattr(value, part, None)
         if value is None:
             raise StageError(f"{PIPELINE} lists params key {key!r}, which this stage did not load from params.yaml")
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 def stage_inputs(stage: str, root: str | os.PathLike = ".") -> tuple[list[str], list[str]]:

@@ -1,29 +1,31 @@
-"""params.py: every bad value gives its exact message, all problems come in one error, numbers parse."""
+"""finetune/config.py: every bad value gives its exact message, all problems come in one error, numbers parse."""
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib.util
 import math
-import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
+from finetune import config, pipeline
+from finetune.errors import ParamsError
 from helpers import REPO
-from stages import params
-from stages.params import ParamsError
 
-ALL = ("lr", *params.SECTIONS)
+ALL = ("lr", *config.SECTIONS)
 
 
-def problems(error: pytest.ExceptionInfo) -> list[str]:
+def problems(error: pytest.ExceptionInfo | ParamsError) -> list[str]:
     """The problem lines of a ParamsError, checking the header's count matches them."""
-    header, *lines = str(error.value).splitlines()
+    text = str(getattr(error, "value", error))
+    header, *lines = text.splitlines()
     lines = [line.strip() for line in lines]
-    assert header.endswith(f": {len(lines)} problem(s):"), str(error.value)
+    assert header.endswith(f": {len(lines)} problem(s):"), text
     return lines
 
 
@@ -33,7 +35,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-# (raw params, sections asked for, the exact problem line(s)); one row per rule in params.py.
+# (raw params, sections asked for, the exact problem line(s)); one row per rule in config.py.
 BAD = [
     # top-level lr
     ({"lr": -1}, ["lr"], ["lr must be > 0, got -1"]),
@@ -109,7 +111,7 @@ BAD = [
     ({"train": {"warmup_ratio": 1}}, ["train"], ["train.warmup_ratio must be in [0, 1), got 1"]),
     ({"train": {"precision": "fp8"}}, ["train"], ["train.precision must be one of auto, bf16, fp16, fp32, got 'fp8'"]),
     ({"train": {"lr_scheduler": "cosine_with_min_lr"}}, ["train"],
-     [f"train.lr_scheduler must be one of {', '.join(params.LR_SCHEDULERS)}, got 'cosine_with_min_lr'"]),
+     [f"train.lr_scheduler must be one of {', '.join(config.LR_SCHEDULERS)}, got 'cosine_with_min_lr'"]),
     ({"train": {"completion_only_loss": "yes"}}, ["train"],
      ["train.completion_only_loss must be true or false, got 'yes'"]),
     ({"train": {"gradient_checkpointing": 1}}, ["train"],
@@ -169,7 +171,7 @@ BAD = [
 @pytest.mark.parametrize("raw, sections, expected", BAD, ids=[str(case[0]) for case in BAD])
 def test_bad_params_exact_message(raw, sections, expected):
     with pytest.raises(ParamsError) as error:
-        params.parse(raw, sections)
+        config.parse(raw, sections)
     assert problems(error) == expected
     assert str(error.value).startswith("params.yaml: ")
 
@@ -186,7 +188,7 @@ def test_all_problems_reported_in_one_error():
         "merge": {"tolerance": 0},
     }
     with pytest.raises(ParamsError) as error:
-        params.parse(raw, ALL, source="my/params.yaml")
+        config.parse(raw, ALL, source="my/params.yaml")
     assert str(error.value).startswith("my/params.yaml: 15 problem(s):\n  ")
     assert sorted(problems(error)) == sorted([
         "lr must be > 0, got -1",
@@ -209,16 +211,16 @@ def test_all_problems_reported_in_one_error():
 
 def test_a_stage_checks_only_its_sections_but_every_top_level_key():
     raw = {"train": {"lora": {"r": 0}, "bogus": 1}, "data": {"path": "x.csv"}}
-    assert params.parse(raw, ["data"]).data.path == "x.csv"  # train's problems are train's
-    assert params.parse(raw, ["data"]).train is None
+    assert config.parse(raw, ["data"]).data.path == "x.csv"  # train's problems are train's
+    assert config.parse(raw, ["data"]).train is None
     with pytest.raises(ParamsError) as error:
-        params.parse({**raw, "dta": {}}, ["data"])
+        config.parse({**raw, "dta": {}}, ["data"])
     assert problems(error) == ["unknown key dta (did you mean data?)"]
 
 
 def test_unknown_section_asked_for_is_a_code_bug():
     with pytest.raises(ValueError, match="unknown params section"):
-        params.parse({}, ["training"])
+        config.parse({}, ["training"])
 
 
 # --- numbers as YAML 1.1 (PyYAML) reads them, from a real file ---
@@ -235,7 +237,7 @@ def test_unknown_section_asked_for_is_a_code_bug():
     ("lr: ' 3e-4 '", 3e-4),
 ])
 def test_lr_number_forms(tmp_path, text, expected):
-    p = params.load("lr", path=write(tmp_path, text + "\n"))
+    p = config.load("lr", path=write(tmp_path, text + "\n"))
     assert type(p.lr) is float
     assert p.lr == pytest.approx(expected, rel=1e-12)
 
@@ -244,7 +246,7 @@ def test_lr_number_forms(tmp_path, text, expected):
     ("n: 200", 200), ("n: 200.0", 200), ("n: '200'", 200), ("n: 2e2", 200), ("n: 2.0e+2", 200), ("n: 1_000", 1000),
 ])
 def test_int_fields_accept_whole_numbers(tmp_path, text, expected):
-    p = params.load("prepare", path=write(tmp_path, f"prepare:\n  {text}\n"))
+    p = config.load("prepare", path=write(tmp_path, f"prepare:\n  {text}\n"))
     assert type(p.prepare.n) is int and p.prepare.n == expected
 
 
@@ -266,29 +268,29 @@ def test_int_fields_accept_whole_numbers(tmp_path, text, expected):
 ])
 def test_bad_numbers_from_file(tmp_path, text, expected):
     with pytest.raises(ParamsError) as error:
-        params.load("lr", "prepare", path=write(tmp_path, text + "\n"))
+        config.load("lr", "prepare", path=write(tmp_path, text + "\n"))
     assert problems(error) == [expected]
 
 
 def test_float_field_written_as_int_and_huge_int(tmp_path):
-    p = params.load("train", path=write(tmp_path, "train:\n  epochs: 3\n  weight_decay: 1e-2\n"))
+    p = config.load("train", path=write(tmp_path, "train:\n  epochs: 3\n  weight_decay: 1e-2\n"))
     assert type(p.train.epochs) is float and p.train.epochs == 3.0 and p.train.weight_decay == 0.01
     with pytest.raises(ParamsError) as error:
-        params.load("lr", path=write(tmp_path, f"lr: {10**400}\n"))
+        config.load("lr", path=write(tmp_path, f"lr: {10**400}\n"))
     (line,) = problems(error)
     assert line.startswith("lr must be a finite number, got 1000000")
 
 
 def test_empty_section_means_defaults(tmp_path):
-    p = params.load("train", "prepare", path=write(tmp_path, "train:\nprepare: {}\n"))
-    assert p.train == params.TrainParams() and p.prepare == params.PrepareParams()
-    assert params.load("lr", path=write(tmp_path, "")).lr == 1e-5
+    p = config.load("train", "prepare", path=write(tmp_path, "train:\nprepare: {}\n"))
+    assert p.train == config.TrainParams() and p.prepare == config.PrepareParams()
+    assert config.load("lr", path=write(tmp_path, "")).lr == 1e-5
 
 
 def test_duplicate_keys_reported(tmp_path):
     text = "lr: 1e-5\ntrain:\n  epochs: 1\n  lora: {r: 4, r: 8}\nlr: 2e-5\n"
     with pytest.raises(ParamsError) as error:
-        params.load("lr", "train", path=write(tmp_path, text))
+        config.load("lr", "train", path=write(tmp_path, text))
     assert sorted(problems(error)) == [
         "duplicate key lr on line 5 (first on line 1; YAML would silently keep only the last)",
         "duplicate key r on line 4 (first on line 4; YAML would silently keep only the last)",
@@ -298,10 +300,10 @@ def test_duplicate_keys_reported(tmp_path):
 def test_yaml_merge_keys_are_not_duplicates(tmp_path):
     text = "lora_base: &l {r: 4, alpha: 8}\n"  # an unknown top-level key, but no duplicate
     with pytest.raises(ParamsError) as error:
-        params.load("lr", path=write(tmp_path, text))
+        config.load("lr", path=write(tmp_path, text))
     assert problems(error) == ["unknown key lora_base"]
     text = "train:\n  lora:\n    <<: {r: 4, alpha: 8}\n    r: 2\n"
-    assert params.load("train", path=write(tmp_path, text)).train.lora.r == 2
+    assert config.load("train", path=write(tmp_path, text)).train.lora.r == 2
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -317,19 +319,19 @@ def test_unreadable_file(tmp_path, content, expected):
     elif content is not None:
         path.write_text(content)
     with pytest.raises(ParamsError) as error:
-        params.load("lr", path=path)
+        config.load("lr", path=path)
     assert str(error.value).startswith(expected.format(path=path))
 
 
 def test_params_file_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PARAMS_FILE", str(write(tmp_path, "lr: 3e-4\n")))
-    assert params.load("lr").lr == 3e-4
+    assert config.load("lr").lr == 3e-4
 
 
 # --- defaults and the repo's params.yaml ---
 
 def test_defaults_are_the_reference_setup():
-    p = params.parse({}, ALL)
+    p = config.parse({}, ALL)
     assert p.lr == 1e-5
     lora = p.train.lora
     assert (lora.r, lora.alpha, lora.dropout) == (8, 16, 0.1)
@@ -343,28 +345,27 @@ def test_defaults_are_the_reference_setup():
 
 @pytest.mark.parametrize("section", ALL)
 def test_repo_params_yaml_parses_cleanly(section):
-    p = params.load(section, path=REPO / "params.yaml")
+    p = config.load(section, path=REPO / "params.yaml")
     assert getattr(p, section) is not None
 
 
 def test_repo_params_yaml_matches_the_reference():
-    p = params.load(*ALL, path=REPO / "params.yaml")
-    defaults = params.parse({}, ALL)
+    p = config.load(*ALL, path=REPO / "params.yaml")
+    defaults = config.parse({}, ALL)
     assert p.lr == defaults.lr
     assert p.train == defaults.train
     assert p.prepare == defaults.prepare
     assert p.model.quantization == defaults.model.quantization
 
 
-def _fields(cls: type, prefix: str) -> list[tuple[str, dataclasses.Field]]:
+def _fields(cls: type[BaseModel], prefix: str) -> list[tuple[str, FieldInfo]]:
     """(dotted path, field) of every leaf field, nested sections included."""
     leaves = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            leaves += _fields(hints[f.name], f"{prefix}.{f.name}")
+    for name, f in cls.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            leaves += _fields(f.annotation, f"{prefix}.{name}")
         else:
-            leaves.append((f"{prefix}.{f.name}", f))
+            leaves.append((f"{prefix}.{name}", f))
     return leaves
 
 
@@ -383,8 +384,8 @@ def _has(raw: dict, dotted: str) -> bool:
 
 def test_params_yaml_documents_every_knob():
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    fields = list(params.TOP_LEVEL_NUMBERS)
-    for name, cls in params.SECTIONS.items():
+    fields = list(config.TOP_LEVEL_NUMBERS)
+    for name, cls in config.SECTIONS.items():
         fields += _field_paths(cls, name)
     missing = [f for f in fields if not _has(raw, f)]
     assert not missing, f"params.yaml lacks keys for: {', '.join(missing)}"
@@ -414,77 +415,131 @@ def test_scheduler_names_match_installed_transformers():
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("transformers not installed")
     root = Path(spec.submodule_search_locations[0])
-    assert set(params.LR_SCHEDULERS) <= set(_enum_values(root / "trainer_utils.py", "SchedulerType"))
-    assert params.TrainParams().lr_scheduler in params.LR_SCHEDULERS
+    assert set(config.LR_SCHEDULERS) <= set(_enum_values(root / "trainer_utils.py", "SchedulerType"))
+    assert config.TrainParams().lr_scheduler in config.LR_SCHEDULERS
 
 
 def test_coerced_values_are_finite_and_typed():
-    p = params.parse({"lr": "2e-5", "prepare": {"n": "300", "test_fraction": "0.25"}}, ["lr", "prepare"])
+    p = config.parse({"lr": "2e-5", "prepare": {"n": "300", "test_fraction": "0.25"}}, ["lr", "prepare"])
     assert math.isfinite(p.lr) and type(p.prepare.n) is int and type(p.prepare.test_fraction) is float
 
 
-# --- the rule mechanism: a bound declared on a field, checked by one loop ---
+# --- the declarations: every bound is checked, every field documented ---
 
 def test_every_declared_rule_has_a_bad_row():
     messages = [line for _, _, lines in BAD for line in lines]
-    declared = [path for name, cls in params.SECTIONS.items() for path, f in _fields(cls, name)
-                if f.metadata.get("bound") or f.metadata.get("nonempty")]
+    declared = [path for name, cls in config.SECTIONS.items() for path, f in _fields(cls, name) if f.metadata]
     assert len(declared) > 30
     untested = [path for path in declared if not any(m.startswith(f"{path} must ") for m in messages)]
     assert not untested, f"add a BAD row for: {', '.join(untested)}"
 
 
-@pytest.mark.parametrize("bound, inside, outside", [
-    (">= 2", [2, 3.5], [1, 1.99, -2]),
-    ("> 0", [1e-9, 1], [0, -1]),
-    ("<= 1", [1, -5], [1.01, 2]),
-    ("< 1", [0.99, -1], [1, 2]),
-    ("in (0, 1)", [0.5, 1e-9], [0, 1, -0.5]),
-    ("in [0, 1]", [0, 1, 0.5], [-0.01, 1.01]),
-    ("in [0, 1)", [0, 0.99], [1, -1]),
-    ("in (0, 1]", [1, 0.01], [0, 1.5]),
-    (params.SEED, [0, 2**32 - 1], [-1, 2**32]),
-    ("-1 or >= 1", [-1, 1, 7], [0, -2]),
-])
-def test_rule_bounds(bound, inside, outside):
-    assert [params._problem("x", v, bound) for v in inside] == [None] * len(inside)
-    assert [params._problem("x", v, bound) for v in outside] == [f"x must be {bound}, got {v}" for v in outside]
+def _nested(dotted: str, value) -> dict:
+    *parents, leaf = dotted.split(".")
+    raw = {leaf: value}
+    for part in reversed(parents):
+        raw = {part: raw}
+    return raw
 
 
-@dataclasses.dataclass
-class _Inner:
-    k: int = params.rule(3, ">= 1", why="one at least")
+def _step(value, kind: type, direction: int):
+    """The nearest value of `kind` past `value` towards `direction` (+1 up, -1 down)."""
+    return value + direction if kind is int else math.nextafter(value, direction * math.inf)
 
 
-@dataclasses.dataclass
-class _Outer:
-    share: float = params.rule(0.1, "in (0, 1)")
-    name: str = params.rule("x", nonempty=True)
-    kind: str = params.rule("bpe", nonempty="bpe or a directory")
-    names: list[str] = params.rule(["a"], nonempty=True)
-    free: int = 0
-    inner: _Inner = dataclasses.field(default_factory=_Inner)
+def _bound_cases() -> list[tuple[str, type, object, object]]:
+    """(dotted path, field type, a value the bound accepts, the nearest value it rejects) per declared bound."""
+    cases = []
+    for section, cls in config.SECTIONS.items():
+        for path, f in _fields(cls, section):
+            for m in f.metadata:
+                if isinstance(m, Ge):
+                    cases.append((path, f.annotation, m.ge, _step(m.ge, f.annotation, -1)))
+                elif isinstance(m, Gt):
+                    cases.append((path, f.annotation, _step(m.gt, f.annotation, +1), m.gt))
+                elif isinstance(m, Le):
+                    cases.append((path, f.annotation, m.le, _step(m.le, f.annotation, +1)))
+                elif isinstance(m, Lt):
+                    cases.append((path, f.annotation, _step(m.lt, f.annotation, -1), m.lt))
+    return cases
 
 
-def test_a_new_field_declared_with_rule_is_checked_under_its_prefix():
-    bad = []
-    raw = {"share": 1, "name": " ", "kind": "", "names": [], "free": -9, "inner": {"k": 0}}
-    params._build(_Outer, raw, "new", bad)
-    assert bad == [
-        "new.share must be in (0, 1), got 1",
-        "new.name must not be empty",
-        "new.kind must be bpe or a directory, got ''",
-        "new.names must not be empty",
-        "new.inner.k must be >= 1 (one at least), got 0",
-    ]
-    bad = []
-    built = params._build(_Outer, {"share": "0.5", "inner": {"k": 2}}, "new", bad)
-    assert bad == [] and (built.share, built.inner.k, built.names) == (0.5, 2, ["a"])
-    assert built.names is not _Outer().names  # a list default is not shared between instances
+BOUND_CASES = _bound_cases()
 
 
-@pytest.mark.parametrize("default, bound", [(0, ">= 1"), (1, "in [0, 1)"), (-1, params.SEED), (1, "at least 1"),
-                                            (1, ">= one")])
-def test_rule_rejects_a_default_or_bound_that_cannot_hold(default, bound):
-    with pytest.raises(ValueError):
-        params.rule(default, bound)
+def test_the_bound_cases_cover_every_kind_of_bound():
+    assert len(BOUND_CASES) > 35
+    assert {"prepare.seed", "prepare.test_fraction", "prepare.max_drop_fraction", "train.lora.alpha"} <= {
+        path for path, *_ in BOUND_CASES}
+
+
+@pytest.mark.parametrize("path, kind, inside, outside", BOUND_CASES,
+                         ids=[f"{c[0]}:{c[2]!r}|{c[3]!r}" for c in BOUND_CASES])
+def test_every_bound_accepts_its_edge_and_rejects_the_next_value(path, kind, inside, outside):
+    section = path.split(".")[0]
+    # the edge (or, for an open bound, the nearest value inside it) passes: no message about this key
+    try:
+        got = config.parse(_nested(path, inside), [section])
+    except ParamsError as error:  # a rule across fields may object to an extreme value, never this field's bound
+        assert not [line for line in problems(error) if line.startswith(f"{path} must")]
+    else:
+        value = got
+        for part in path.split("."):
+            value = getattr(value, part)
+        assert value == inside and type(value) is kind
+    # negative control: the value just outside is rejected with this field's own message
+    with pytest.raises(ParamsError) as error:
+        config.parse(_nested(path, outside), [section])
+    shown = str(int(outside)) if float(outside).is_integer() and abs(outside) < 1e16 else repr(outside)
+    (line,) = problems(error)
+    assert line.startswith(f"{path} must be ") and line.endswith(f", got {shown}"), line
+
+
+@pytest.mark.parametrize("steps, ok", [(-1, True), (1, True), (1000, True), (0, False), (-2, False)])
+def test_max_steps_is_minus_one_or_positive(steps, ok):
+    if ok:
+        assert config.parse({"train": {"max_steps": steps}}, ["train"]).train.max_steps == steps
+    else:
+        with pytest.raises(ParamsError, match=rf"train.max_steps must be -1 or >= 1, got {steps}$"):
+            config.parse({"train": {"max_steps": steps}}, ["train"])
+
+
+def test_every_field_is_documented():
+    undocumented = [path for name, cls in config.SECTIONS.items()
+                    for path, f in _fields(cls, name) if not (f.description or "").strip()]
+    assert not undocumented, f"add a docstring under: {', '.join(undocumented)}"
+    assert config.Params.model_fields["lr"].description.startswith("Learning rate")
+    assert config.PrepareParams.model_fields["n"].description.startswith("Rows sampled after cleaning")
+
+
+def test_defaults_meet_their_own_declarations_and_are_not_shared():
+    for cls in config.SECTIONS.values():
+        assert cls.model_validate(cls().model_dump()) == cls()
+    a, b = config.TrainParams(), config.TrainParams()
+    a.lora.target_modules.append("lm_head")
+    assert b.lora.target_modules[-1] == "down_proj" and a.lora is not b.lora
+
+
+def test_yaml_forms_become_the_field_type():
+    p = config.parse({"model": {"revision": 1234567, "base": " tiny "},
+                      "train": {"padding_free": "False", "completion_only_loss": " true ", "epochs": "1.5",
+                                "lora": {"target_modules": [" q_proj ", "v_proj"]}},
+                      "data": {"extra_columns": " keep "}}, ["model", "train", "data"])
+    assert (p.model.revision, p.model.base) == ("1234567", "tiny")  # a hash YAML read as a number is text
+    assert (p.train.padding_free, p.train.completion_only_loss, p.train.epochs) == (False, True, 1.5)
+    assert p.train.lora.target_modules == ["q_proj", "v_proj"] and p.data.extra_columns == "keep"
+    assert config.parse({"model": {"tiny": None}}, ["model"]).model.tiny == config.TinyModelParams()
+    with pytest.raises(ParamsError) as error:  # Python's 1 == True and 0 == False are not params.yaml's
+        config.parse({"train": {"use_liger_kernel": 1, "padding_free": 0}}, ["train"])
+    assert problems(error) == ["train.padding_free must be true or false, got 0",
+                               "train.use_liger_kernel must be one of auto, true, false, got 1"]
+
+
+def test_param_value_gives_sections_as_plain_dicts():
+    p = config.parse({}, ["lr", "model", "train"])
+    lora = pipeline.param_value(p, "train.lora")
+    assert lora == {"r": 8, "alpha": 16, "dropout": 0.1,
+                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    model = pipeline.param_value(p, "model")
+    assert type(model["tiny"]) is dict and model["tiny"]["vocab_size"] == 4096 and model["quantization"] == "8bit"
+    assert pipeline.param_value(p, "lr") == 1e-5 and pipeline.param_value(p, "train.lora.r") == 8
