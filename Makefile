@@ -21,13 +21,15 @@ run: setup
 
 # Two workers, one test file each at a time (module fixtures are built once); one thread per
 # process: the tiny models gain nothing from more, and spinning OpenMP threads slow the other worker.
+# Both tiers: tests/unit (in-process, small fixtures) and tests/integration (DVC, stages and the
+# pipeline in subprocesses, training).
 TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1
 test: setup
-	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
-# The edit loop: everything but the tests marked slow (stages and pipelines in subprocesses).
+# The edit loop: the unit tier only (under 3 minutes on 2 cores).
 test-fast: setup
-	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile tests/unit
 
 # The offline report (metrics/report.html), after whatever it depends on.
 report: setup

@@ -59,9 +59,9 @@ def build_model_dir(out: Path) -> dict:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from stages import modeling
+    from finetune import tiny
 
-    tokenizer = modeling.qwen2_tokenizer_from_files(common.QWEN2_TOKENIZER)
+    tokenizer = tiny.qwen2_tokenizer_from_files(common.QWEN2_TOKENIZER)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_IDS}
     if ids != SPECIAL_IDS:
         raise SystemExit(f"check_real: special-token ids {ids}, expected Qwen2's {SPECIAL_IDS}")

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+from finetune.measure import status_mb
+
 REPO = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout; a shared/ inside it where only the checkout travels (a GPU machine).
 SHARED = next((d for d in (REPO.parent / "shared", REPO / "shared") if d.is_dir()), REPO.parent / "shared")
@@ -26,8 +28,8 @@ ALPACA = SHARED / "data" / "alpaca" / "alpaca_5000.json"  # real Alpaca rows, wh
 QWEN2_TOKENIZER = SHARED / "tokenizers" / "qwen2"  # real Qwen2 vocab.json + merges.txt, when present
 EMBEDDED_SAMPLE = REPO / "data" / "raw" / "finance_alpaca.parquet"
 # What a copy of the project needs to run its stages and its pipeline.
-PROJECT_FILES = ("stages", "data/raw", ".dvc/plots", ".dvc/config", "dvc.yaml", "params.yaml", "requirements.txt",
-                 ".gitignore", ".dvcignore")
+PROJECT_FILES = ("stages", "finetune", "data/raw", ".dvc/plots", ".dvc/config", "dvc.yaml", "params.yaml",
+                 "requirements.txt", ".gitignore", ".dvcignore")
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, Any]:
@@ -41,14 +43,6 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> 
         result = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
-
-
-def status_mb(key: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process, in MB. Not ru_maxrss: a spawned child (fork, then exec)
-    starts with its parent's ru_maxrss, while exec resets VmHWM."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(key + ":"))
-    return int(line.split()[1]) / 1024
 
 
 def _call_measured(fn: Callable, args: tuple, kwargs: dict) -> dict:
@@ -87,7 +81,7 @@ def machine() -> dict:
 
 def versions() -> dict:
     """The installed version of every pinned requirement."""
-    from stages import environment
+    from finetune import environment
 
     out = {}
     for name in environment.pins(environment.REQUIREMENTS.read_text()):

@@ -29,10 +29,10 @@ STAGES = ("ingest", "prepare")
 
 def alpaca_rows(n_rows: int) -> pd.DataFrame:
     """n_rows rows of the data source, repeated; every repeat's instruction gets its own suffix."""
-    from stages import ingest, io
+    from finetune.data import readers, schema
 
     source = common.data_source()
-    rows = ingest.canonicalize(io.read_any(source), source, "drop").astype(object)
+    rows = schema.canonicalize(readers.read_any(source), source, "drop").astype(object)
     repeats = -(-n_rows // len(rows))
     frame = pd.concat([rows] * repeats, ignore_index=True).iloc[:n_rows]
     copy = (frame.index // len(rows)).to_numpy()

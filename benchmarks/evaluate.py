@@ -5,7 +5,7 @@ memory at Qwen2's 151,936-token vocabulary, before (full logits) and after (hidd
   answers "\\n" forever), fp32, evaluate.num_samples real Alpaca prompts, evaluate.batch_size and
   evaluate.max_new_tokens. The outputs of both ways are asserted equal; the speed-up is the ratio of
   the two medians measured in this run.
-- scoring: response tokens per second through evaluation.response_metrics, next to the old
+- scoring: response tokens per second through scoring.response_metrics, next to the old
   full-logits scoring (kept below as `full_logits_metrics`), same model and rows.
 - memory: a Qwen2 with the real vocabulary (small hidden size: the output layer is what grows with
   the vocabulary), the Qwen2 tokenizer from ../shared when present, batch 16, real Alpaca rows;
@@ -19,7 +19,10 @@ import math
 import torch
 
 from benchmarks import common
-from stages import evaluation, io, modeling, params, prompts
+from finetune import chat_format, config, tiny
+from finetune.data import readers
+from finetune.evaluation import generation as generating
+from finetune.evaluation import scoring as scorer
 
 QWEN2_VOCAB = 151_936
 MEMORY_BATCH = 16
@@ -48,11 +51,11 @@ def full_logits_batch_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 def full_logits_metrics(model, tokenizer, conversations, batch_size: int, max_length: int) -> dict:
     """Before: the model's own [batch, length, vocab] logits from the first scored position on."""
     model.eval()
-    examples = [evaluation.encode_example(tokenizer, c, max_length) for c in conversations]
+    examples = [scorer.encode_example(tokenizer, c, max_length) for c in conversations]
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     total = {"nll": 0.0, "entropy": 0.0, "correct": 0, "tokens": 0}
     for start in range(0, len(order), batch_size):
-        batch = evaluation.pad_batch([examples[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id)
+        batch = scorer.pad_batch([examples[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id)
         scored = (batch["labels"][:, 1:] != -100).any(0).nonzero()
         if len(scored) == 0:
             continue
@@ -62,7 +65,7 @@ def full_logits_metrics(model, tokenizer, conversations, batch_size: int, max_le
         for key, value in full_logits_batch_stats(logits, batch["labels"][:, first:]).items():
             total[key] += value
         del logits
-    return evaluation.summarize_stats(total)
+    return scorer.summarize_stats(total)
 
 
 # ---------------------------------------------------------------- data and models
@@ -70,10 +73,10 @@ def full_logits_metrics(model, tokenizer, conversations, batch_size: int, max_le
 
 def alpaca_conversations(n: int) -> list[dict]:
     """A seeded sample of n real Alpaca rows (the embedded sample where ../shared is absent)."""
-    frame = io.read_any(common.data_source())
+    frame = readers.read_any(common.data_source())
     frame = frame.astype(object).where(frame.notna(), "")
     frame = frame[(frame["instruction"].str.strip() != "") & (frame["output"].str.strip() != "")]
-    return prompts.conversations(frame.sample(n=min(n, len(frame)), random_state=SEED))
+    return chat_format.conversations(frame.sample(n=min(n, len(frame)), random_state=SEED))
 
 
 def lively(model):
@@ -87,9 +90,7 @@ def lively(model):
 
 
 def tiny_model():
-    from stages import base
-
-    model, tokenizer = base.build_tiny(params.load("model").model.tiny)
+    model, tokenizer = tiny.build(config.load("model").model.tiny, str(common.EMBEDDED_SAMPLE))
     return lively(model), tokenizer
 
 
@@ -98,7 +99,7 @@ def qwen2_vocab_model():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer_dir = common.qwen2_tokenizer_dir()
-    tokenizer = (modeling.qwen2_tokenizer_from_files(tokenizer_dir) if tokenizer_dir
+    tokenizer = (tiny.qwen2_tokenizer_from_files(tokenizer_dir) if tokenizer_dir
                  else tiny_model()[1])  # embedded sample's BPE: same vocabulary-sized output layer
     config = Qwen2Config(vocab_size=QWEN2_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
@@ -111,13 +112,13 @@ def qwen2_vocab_model():
 
 
 def generation(quick: bool) -> dict:
-    cfg = params.load("evaluate").evaluate
+    cfg = config.load("evaluate").evaluate
     model, tokenizer = tiny_model()
     conversations = alpaca_conversations(8 if quick else cfg.num_samples)
     repeats, warmup = (1, 0) if quick else (3, 1)
 
     def run(batch_size):
-        return evaluation.generate(model, tokenizer, conversations, batch_size, cfg.max_new_tokens)
+        return generating.generate(model, tokenizer, conversations, batch_size, cfg.max_new_tokens)
 
     batched_s, batched = common.median_seconds(lambda: run(cfg.batch_size), repeats, warmup)
     alone_s, alone = common.median_seconds(lambda: run(1), repeats, warmup)
@@ -131,12 +132,12 @@ def generation(quick: bool) -> dict:
 
 
 def scoring(quick: bool) -> dict:
-    p = params.load("evaluate", "prepare")
+    p = config.load("evaluate", "prepare")
     model, tokenizer = tiny_model()
     conversations = alpaca_conversations(32 if quick else 256)
     repeats, warmup = (1, 0) if quick else (3, 1)
     args = (model, tokenizer, conversations, p.evaluate.batch_size, p.prepare.max_length)
-    chunked_s, after = common.median_seconds(lambda: evaluation.response_metrics(*args), repeats, warmup)
+    chunked_s, after = common.median_seconds(lambda: scorer.response_metrics(*args), repeats, warmup)
     full_s, before = common.median_seconds(lambda: full_logits_metrics(*args), repeats, warmup)
     _check_same(before, after)
     tokens = after["response_tokens"]
@@ -153,7 +154,7 @@ def scoring_peak_memory(way: str, rows: int, batch_size: int, max_length: int) -
     """
     model, tokenizer, real_tokenizer = qwen2_vocab_model()
     conversations = alpaca_conversations(rows)
-    score = {"before": full_logits_metrics, "after": evaluation.response_metrics}[way]
+    score = {"before": full_logits_metrics, "after": scorer.response_metrics}[way]
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
     start_mb = common.status_mb("VmRSS")
@@ -166,7 +167,7 @@ def scoring_peak_memory(way: str, rows: int, batch_size: int, max_length: int) -
 
 
 def _longest_batch(tokenizer, conversations, batch_size, max_length) -> dict:
-    lengths = sorted((evaluation.encode_example(tokenizer, c, max_length) for c in conversations),
+    lengths = sorted((scorer.encode_example(tokenizer, c, max_length) for c in conversations),
                      key=lambda e: len(e[0]))
     last = lengths[-batch_size:]
     return {"rows": len(last), "width": len(last[-1][0]),
@@ -174,10 +175,10 @@ def _longest_batch(tokenizer, conversations, batch_size, max_length) -> dict:
 
 
 def memory(quick: bool) -> dict:
-    max_length = params.load("prepare").prepare.max_length
+    max_length = config.load("prepare").prepare.max_length
     rows, batch = (8, 4) if quick else (48, MEMORY_BATCH)
     result = {"vocab": QWEN2_VOCAB, "batch_size": batch, "rows": rows,
-              "chunk_tokens": evaluation.chunk_tokens(QWEN2_VOCAB), "chunk_mb": evaluation.CHUNK_BYTES // 2**20}
+              "chunk_tokens": scorer.chunk_tokens(QWEN2_VOCAB), "chunk_mb": scorer.CHUNK_BYTES // 2**20}
     for way in ("before", "after"):
         measured = common.isolated(scoring_peak_memory, way, rows, batch, max_length)
         result[way] = {**measured["result"], "process_peak_rss_mb": measured["peak_rss_mb"]}

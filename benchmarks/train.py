@@ -5,15 +5,15 @@ vocabulary trained on the rows like the tiny default's) on the same rows (real A
 present, else the embedded sample), cleaned and drawn by prepare's own clean / sample_and_split (longer
 than prepare.max_length dropped, one row per prompt; eval rows are held-out prompts), for the same
 optimizer steps of the same 8 examples (batch 2 x grad_accum 4), with params.yaml's settings except `lr`
-(high enough that the loss moves) and the switches compared. Training goes through train.py's own
-sft_config / lora_config / dataset and modeling.load_model. Each run is a fresh process (common.isolated):
-its peak memory is its own, and TRL's process-wide switches start clean.
+(high enough that the loss moves) and the switches compared. Training goes through the train stage's own
+sft_config / lora_config / dataset (finetune.training.sft) and modeling.load_model. Each run is a fresh
+process (common.isolated): its peak memory is its own, and TRL's process-wide switches start clean.
 
 - tokens/s: non-padding tokens per second over full optimizer steps (from one step's end to the next: data
   loading, every micro-batch's forward and backward, the optimizer, logging), the median over blocks of
   steps after warm-up steps. Also per CPU second (process time): the same work, less disturbed by other
   processes on a shared machine.
-- eval_loss: response-token loss on held-out rows after training (evaluation.response_metrics, what the
+- eval_loss: response-token loss on held-out rows after training (scoring.response_metrics, what the
   evaluate stage reports), the same function for every run.
 """
 
@@ -44,11 +44,11 @@ MODEL = {"vocab_size": 8192, "hidden_size": 256, "intermediate_size": 768, "num_
 
 def run_params(changes: dict, steps: int):
     """params.yaml (the project's default), with the benchmark's lr and step count, then `changes`."""
-    from stages import params
+    from finetune import config
 
     raw = yaml.safe_load((common.REPO / "params.yaml").read_text())
     raw = common.deep_update(raw, {"lr": LR, "train": {"max_steps": steps}})
-    return params.parse(common.deep_update(raw, changes), SECTIONS)
+    return config.parse(common.deep_update(raw, changes), SECTIONS)
 
 
 def throughput(marks: list[tuple[float, float, int]], warmup: int, block: int) -> dict:
@@ -76,7 +76,9 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTTrainer
 
-    from stages import evaluation, modeling, prompts, train
+    from finetune import chat_format, modeling
+    from finetune.evaluation import scoring
+    from finetune.training import compat, sft
 
     p = run_params(changes, steps)
     dtype = modeling.compute_dtype(p.train.precision)
@@ -85,8 +87,8 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
     weights_mb = model.get_memory_footprint() / 2**20
     if p.model.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.train.gradient_checkpointing)
-    config = train.sft_config(p, dtype)
-    train.labelled_logits_only(p.train.labelled_logits_only)  # as the stage's build() does
+    config = sft.sft_config(p, dtype)
+    compat.labelled_logits_only(p.train.labelled_logits_only)  # as the stage's build() does
     config.output_dir = tempfile.mkdtemp(prefix="bench_train_")
     config.eval_strategy, config.save_strategy, config.disable_tqdm = "no", "no", True  # timed: steps only
 
@@ -102,13 +104,13 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
         on_train_begin = on_step_end = mark
 
     clock = StepClock()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train.dataset(pd.read_parquet(train_path)),
-                         processing_class=tokenizer, peft_config=train.lora_config(p.train), callbacks=[clock])
+    trainer = SFTTrainer(model=model, args=config, train_dataset=sft.dataset(pd.read_parquet(train_path)),
+                         processing_class=tokenizer, peft_config=sft.lora_config(p.train), callbacks=[clock])
     trainer.remove_callback(PrinterCallback)
-    train.keep_lora_weights_fp32(trainer.model)  # as the stage does
+    compat.keep_lora_weights_fp32(trainer.model)  # as the stage does
     output = trainer.train()
-    conversations = prompts.conversations(pd.read_parquet(eval_path))
-    scored = evaluation.response_metrics(trainer.model, tokenizer, conversations, 16, p.prepare.max_length)
+    conversations = chat_format.conversations(pd.read_parquet(eval_path))
+    scored = scoring.response_metrics(trainer.model, tokenizer, conversations, 16, p.prepare.max_length)
     return {**throughput(clock.marks, warmup, block), "eval_loss": round(scored["eval_loss"], 5),
             "train_loss": round(output.training_loss, 5), "steps": trainer.state.global_step,
             "examples_per_step": config.per_device_train_batch_size * config.gradient_accumulation_steps,
@@ -119,42 +121,45 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
 
 def base_eval_loss(model_dir: str, eval_path: str, steps: int) -> float:
     """The untrained model's eval loss: the figure every run's eval loss moved from."""
-    from stages import evaluation, modeling, prompts
+    from finetune import chat_format, modeling
+    from finetune.evaluation import scoring
 
     p = run_params({}, steps)
     model = modeling.load_model(model_dir, p.model.quantization, modeling.compute_dtype(p.train.precision))
-    conversations = prompts.conversations(pd.read_parquet(eval_path))
+    conversations = chat_format.conversations(pd.read_parquet(eval_path))
     tokenizer = modeling.load_tokenizer(model_dir)
-    return evaluation.response_metrics(model, tokenizer, conversations, 16, p.prepare.max_length)["eval_loss"]
+    return scoring.response_metrics(model, tokenizer, conversations, 16, p.prepare.max_length)["eval_loss"]
 
 
 def split_rows(frame, tokenizer, max_length: int, n_train: int, n_eval: int):
     """(train, held-out) rows as prepare makes them: cleaned (too long dropped, one row per prompt), n_train +
     n_eval prompts drawn; held-out = prepare's val and test, each n_eval / 2: no prompt in both."""
-    from stages import prepare, prompts
+    from finetune import chat_format
+    from finetune.data import cleaning, splitting
 
     n = n_train + n_eval
-    kept, _ = prepare.clean(frame, lambda rows: prompts.token_lengths(tokenizer, rows, fits=max_length),
-                            max_length, "drop", n, SEED)
-    train_rows, val_rows, test_rows = prepare.sample_and_split(kept, n, n_eval / n / 2, n_eval / n / 2, SEED)
+    kept, _ = cleaning.clean(frame, lambda rows: chat_format.token_lengths(tokenizer, rows, fits=max_length),
+                             max_length, "drop", n, SEED)
+    train_rows, val_rows, test_rows = splitting.sample_and_split(kept, n, n_eval / n / 2, n_eval / n / 2, SEED)
     return train_rows, pd.concat([val_rows, test_rows], ignore_index=True)
 
 
 def make_inputs(tmp: Path, n_train: int, n_eval: int, rows=None) -> dict:
     """The benchmark model (saved) and its train / eval rows (parquet), from `rows` (default: the data source)."""
-    from stages import base, ingest, io, modeling, params, prompts
+    from finetune import chat_format, config, tiny
+    from finetune.data import readers, schema
 
     source = common.data_source()
-    frame = ingest.canonicalize(io.read_any(source) if rows is None else rows, source, "drop")
-    tokenizer = modeling.train_bpe_tokenizer(base.corpus_texts(frame), MODEL["vocab_size"])
-    model = modeling.build_tiny_model(params.TinyModelParams(**MODEL), tokenizer)
+    frame = schema.canonicalize(readers.read_any(source) if rows is None else rows, source, "drop")
+    tokenizer = tiny.train_bpe_tokenizer(tiny.corpus_texts(frame), MODEL["vocab_size"])
+    model = tiny.build_model(config.TinyModelParams(**MODEL), tokenizer)
     model.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
     max_length = run_params({}, 1).prepare.max_length
     train_rows, eval_rows = split_rows(frame.head(3 * (n_train + n_eval)), tokenizer, max_length, n_train, n_eval)
     train_rows.astype("string").to_parquet(tmp / "train.parquet")
     eval_rows.astype("string").to_parquet(tmp / "eval.parquet")
-    lengths = prompts.token_lengths(tokenizer, train_rows)
+    lengths = chat_format.token_lengths(tokenizer, train_rows)
     return {"model_dir": str(tmp / "model"), "train_path": str(tmp / "train.parquet"),
             "eval_path": str(tmp / "eval.parquet"), "train_rows": len(train_rows), "eval_rows": len(eval_rows),
             "parameters": sum(t.numel() for t in model.parameters()),

@@ -1,6 +1,6 @@
 """Every file and directory the pipeline reads or writes, relative to the project root: one place each.
 
-dvc.yaml names the same paths; tests/integration/test_dvc_yaml.py checks each stage against its code.
+dvc.yaml names the same paths; tests/unit/test_dvc_yaml.py checks each stage against its code.
 """
 
 PARAMS = "params.yaml"

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 if __package__ in (None, ""):  # run as a file: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import io, prompts  # noqa: E402
+from finetune import files  # noqa: E402
+from finetune.data import identity  # noqa: E402
 
 COLUMNS = ("instruction", "input", "output")
 OUT_DIR = Path(__file__).resolve().parents[1] / "data" / "raw"
@@ -277,7 +278,7 @@ def generate_records(n_rows: int = 1200, seed: int = 0) -> list[dict]:
         rec = dict(zip(COLUMNS, r.choices(funcs, weights)[0](r)))
         # Unique prompts (as prepare compares them), so the only duplicates and same-prompt conflicts
         # are the planted ones; unique facts, so no answer comes back under another wording.
-        keys = (prompts.prompt_identity(rec["instruction"], rec["input"]), fact_of(rec))
+        keys = (identity.prompt_identity(rec["instruction"], rec["input"]), fact_of(rec))
         if not seen.intersection(keys):
             seen.update(keys)
             base.append(rec)
@@ -317,9 +318,9 @@ def write_sample(out_dir: Path, n_rows: int = 1200, seed: int = 0) -> tuple[Path
     table = pa.table({c: pa.array([rec[c] for rec in records], type=pa.string()) for c in COLUMNS})
     frame = pd.DataFrame({c: pd.Series([rec[c] for rec in records], dtype=object) for c in COLUMNS})
     parquet_path, csv_path = out_dir / "finance_alpaca.parquet", out_dir / "finance_alpaca.csv"
-    with io.atomic_path(parquet_path) as tmp:
+    with files.atomic_path(parquet_path) as tmp:
         pq.write_table(table, tmp)
-    with io.atomic_path(csv_path) as tmp:
+    with files.atomic_path(csv_path) as tmp:
         frame.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
     return parquet_path, csv_path
 

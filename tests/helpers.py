@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from benchmarks import common
-from benchmarks.common import ALPACA, QWEN2_TOKENIZER, REPO, SHARED, deep_update  # noqa: F401 (for the tests)
+from benchmarks.common import ALPACA, PROJECT_FILES, QWEN2_TOKENIZER, REPO, SHARED, deep_update  # noqa: F401 (for the tests)
 
 BIN = Path(sys.executable).parent
 
@@ -47,8 +47,10 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([str(BIN / "dvc"), *args], cwd=cwd, check=check)
 
 
-def stage(name: str, cwd: Path, check: bool = True, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, check=check, extra_env=extra_env)
+def stage(name: str, cwd: Path, check: bool = True, extra_env: dict | None = None,
+          args: list[str] | tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`python -m stages.<name> [args]` in cwd, as dvc.yaml runs it (tests never import a stage module)."""
+    return run([sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, check=check, extra_env=extra_env)
 
 
 def write_params(project: Path, changes: dict) -> None:
@@ -58,24 +60,31 @@ def write_params(project: Path, changes: dict) -> None:
 
 
 def make_project(root: Path, params: dict | None = None, git: bool = True) -> Path:
-    """A copy of the project (code, pipeline, embedded data) with fast params; a git+dvc repo if asked."""
+    """A copy of the project (benchmarks.common.PROJECT_FILES: code, pipeline, embedded data) with fast params;
+    a git+dvc repo if asked."""
     project = root / "project"
     project.mkdir()
-    for name in ("stages", "data/raw"):
-        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "requirements.txt"):
-        shutil.copy(REPO / name, project / name)
+    dvc_files = [name for name in PROJECT_FILES if name.split("/")[0] == ".dvc"]  # `dvc init` refuses a .dvc/
+    for name in [n for n in PROJECT_FILES if n not in dvc_files] + ([] if git else dvc_files):
+        copy(REPO / name, project / name)
     write_params(project, deep_update(FAST_PARAMS, params or {}))
     if git:
         run(["git", "init", "-q"], cwd=project)
         dvc("init", "-q", cwd=project)
-        shutil.copy(REPO / ".dvc/config", project / ".dvc/config")  # the project's cache link type
+        for name in dvc_files:  # the project's cache link type, the samples' table template
+            copy(REPO / name, project / name)
         dvc("config", "core.autostage", "true", cwd=project)
-    shutil.copytree(REPO / ".dvc/plots", project / ".dvc/plots")  # the table template for samples
-    if git:
         run(["git", "add", "-A"], cwd=project)
         run(["git", "commit", "-qm", "init"], cwd=project)
     return project
+
+
+def copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    else:
+        shutil.copy(src, dst)
 
 
 requires_alpaca = pytest.mark.skipif(not ALPACA.is_file(), reason=f"{ALPACA} not present")

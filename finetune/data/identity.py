@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from finetune.chat_format import user_text
 
 # Characters stripped from both ends of a normalised text: Unicode punctuation (P*) and whitespace.
-# All of them lie below U+20000 (tests/test_prepare.py checks the whole range).
+# All of them lie below U+20000 (tests/unit/data/test_identity.py checks the whole range).
 EDGE = frozenset(c for c in map(chr, range(0x20000)) if c.isspace() or unicodedata.category(c).startswith("P"))
 
 

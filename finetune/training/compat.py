@@ -33,7 +33,7 @@ def labelled_logits_only(enabled: bool) -> None:
     from trl.trainer import utils
 
     stock = chunked_logprob._use_triton
-    if hasattr(utils, "_use_triton"):  # a TRL without it: stock behaviour, tests/test_packing.py says so
+    if hasattr(utils, "_use_triton"):  # a TRL without it: stock behaviour, tests/unit/training/test_packing.py says so
         utils._use_triton = (lambda device: device.type == "cpu" or stock(device)) if enabled else stock
 
 

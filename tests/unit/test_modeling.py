@@ -1,0 +1,86 @@
+"""finetune.modeling: precision by hardware, local directories and their errors, quantized LoRA on CPU, adapters."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from finetune import config, modeling, tiny
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_precision_follows_hardware():
+    expected = torch.float32 if not torch.cuda.is_available() else None
+    if expected is not None:
+        assert modeling.compute_dtype("auto") == torch.float32
+    assert modeling.compute_dtype("bf16") == torch.bfloat16
+    assert modeling.compute_dtype("fp32") == torch.float32
+
+
+@pytest.fixture(scope="module")
+def tiny_base_64(tmp_path_factory, tiny_tokenizer):
+    """4-bit needs layers at least as wide as bitsandbytes' block size (64)."""
+    out = tmp_path_factory.mktemp("tiny64")
+    cfg = config.TinyModelParams(hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1)
+    tiny.build_model(cfg, tiny_tokenizer).save_pretrained(out)
+    tiny_tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_lora_backward_on_quantized_base_on_cpu(tiny_base_64, tiny_tokenizer, quantization):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = modeling.load_model(tiny_base_64, quantization)
+    linear = type(model.model.layers[0].self_attn.q_proj).__name__
+    assert linear == {"8bit": "Linear8bitLt", "4bit": "Linear4bit"}[quantization]
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+    batch = tiny_tokenizer(["A bond is a loan.", "Stocks are shares."], return_tensors="pt", padding=True)
+    out = model(**batch, labels=batch["input_ids"])
+    out.loss.backward()
+    lora_grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert len(lora_grads) == 2 * len(LORA_TARGETS) and all(g is not None for g in lora_grads)
+    assert any(g.abs().sum() > 0 for g in lora_grads)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(modeling.ModelError, match="has no config.json"):
+        modeling.resolve_pretrained(str(tmp_path), "main")
+    with pytest.raises(modeling.ModelError, match="neither an existing directory nor a hub id"):
+        modeling.resolve_pretrained("./no/such/dir", "main")
+
+
+def test_source_pointing_nowhere_is_explained(tmp_path):
+    (tmp_path / "source.json").write_text(json.dumps({"kind": "local", "path": str(tmp_path / "gone")}))
+    with pytest.raises(modeling.ModelError, match="rerun `dvc repro -f base`"):
+        modeling.weights_dir(tmp_path)
+
+
+def make_adapter(tmp_path, tiny_base, base_name="tiny"):
+    """A small LoRA adapter for tiny_base, recorded as made for `base_name` (as train records model.base)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(modeling.load_model(tiny_base), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.peft_config["default"].base_model_name_or_path = base_name
+    out = tmp_path / "adapter"
+    model.save_pretrained(out, save_embedding_layers=False)
+    return out
+
+
+def test_adapter_checks(tmp_path, tiny_base):
+    adapter = make_adapter(tmp_path, tiny_base)
+    modeling.check_adapter(adapter, "tiny")
+    with pytest.raises(modeling.ModelError, match="trained on base 'tiny', but model.base is 'Qwen/Qwen2-0.5B'"):
+        modeling.check_adapter(adapter, "Qwen/Qwen2-0.5B")
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(modeling.ModelError, match="no adapter_model.safetensors"):
+        modeling.check_adapter(adapter, "tiny")
+    shutil.rmtree(adapter)
+    adapter.mkdir()
+    with pytest.raises(modeling.ModelError, match="no adapter_config.json"):
+        modeling.check_adapter(adapter, "tiny")
