@@ -34,9 +34,9 @@ SECTIONS = ("lr", "prepare", "model", "train")
 SEED = 0  # which rows are drawn
 LR = 3e-3  # the reference 1e-5 barely moves a random model: "same eval loss" would be trivially true
 # The reference configuration (the original setup): every speed switch of params.yaml set back.
-REFERENCE = {"train": {"padding_free": False, "labelled_logits_only": False, "use_liger_kernel": False}}
+REFERENCE = {"train": {"speed": {"padding_free": False, "labelled_logits_only": False, "use_liger_kernel": False}}}
 # The default with one switch set back, to show where the speed-up comes from.
-ABLATIONS = {"default, every position scored": {"train": {"labelled_logits_only": False}}}
+ABLATIONS = {"default, every position scored": {"train": {"speed": {"labelled_logits_only": False}}}}
 QUANTIZATIONS = ("8bit", "4bit", "none")
 MODEL = {"vocab_size": 8192, "hidden_size": 256, "intermediate_size": 768, "num_layers": 4, "num_heads": 4,
          "num_kv_heads": 2}
@@ -88,7 +88,7 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
     if p.model.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.train.gradient_checkpointing)
     config = sft.sft_config(p, dtype)
-    compat.labelled_logits_only(p.train.labelled_logits_only)  # as the stage's build() does
+    compat.labelled_logits_only(p.train.speed.labelled_logits_only)  # as the stage's build() does
     config.output_dir = tempfile.mkdtemp(prefix="bench_train_")
     config.eval_strategy, config.save_strategy, config.disable_tqdm = "no", "no", True  # timed: steps only
 
@@ -115,7 +115,7 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
             "train_loss": round(output.training_loss, 5), "steps": trainer.state.global_step,
             "examples_per_step": config.per_device_train_batch_size * config.gradient_accumulation_steps,
             "torch_threads": torch.get_num_threads(), "weights_mb": round(weights_mb, 1),
-            "switches": {k: getattr(p.train, k) for k in ("padding_free", "labelled_logits_only", "use_liger_kernel")},
+            "switches": p.train.speed.model_dump(),
             "quantization": p.model.quantization}
 
 

@@ -156,6 +156,21 @@ LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", 
 LR_SCHEDULERS = typing.get_args(LRScheduler)
 
 
+class SpeedParams(_Section):
+    """Switches that change how fast training runs, not what it learns: each keeps the loss (up to rounding), and
+    each has a `false` that is the reference's behaviour."""
+
+    padding_free: bool = True
+    """True: a micro-batch is its examples end to end, attention kept per example, no compute on padding (1.3-1.4x
+    tokens/s on CPU, same loss); padded anyway when prepare.too_long is truncate. False: padded (reference)."""
+    labelled_logits_only: bool = True
+    """True: the output layer scores only positions with a label, on CPU too (TRL does so on GPUs; 1.2-1.35x
+    tokens/s on CPU, same loss); False: every position (reference)."""
+    use_liger_kernel: Literal["auto", True, False] = "auto"
+    """Liger's Triton kernels (liger-kernel, CUDA only; auto: where installed): less GPU memory and time, same loss
+    up to rounding. False: off (reference)."""
+
+
 class TrainParams(_Section):
     epochs: float = Field(2, gt=0)
     """Passes over the train split (a fraction stops part-way). Reference: 2."""
@@ -177,15 +192,6 @@ class TrainParams(_Section):
     """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (where bf16 is ~10x slower)."""
     completion_only_loss: bool = True
     """True: loss on the response only; False: on the whole chat text, as the reference did."""
-    padding_free: bool = True
-    """True: a micro-batch is its examples end to end, attention kept per example, no compute on padding (1.3-1.4x
-    tokens/s on CPU, same loss); padded anyway when prepare.too_long is truncate. False: padded (reference)."""
-    labelled_logits_only: bool = True
-    """True: the output layer scores only positions with a label, on CPU too (TRL does so on GPUs; 1.2-1.35x
-    tokens/s on CPU, same loss); False: every position (reference)."""
-    use_liger_kernel: Literal["auto", True, False] = "auto"
-    """Liger's Triton kernels (liger-kernel, CUDA only; auto: where installed): less GPU memory and time, same loss
-    up to rounding. False: off (reference)."""
     gradient_checkpointing: bool = False
     """True cuts activation memory (longer sequences on a 6-8 GB card) at ~30% more time."""
     save_steps: int = Field(200, ge=1)
@@ -201,6 +207,8 @@ class TrainParams(_Section):
     num_processes: int = Field(1, ge=1)
     """Data-parallel processes (GPUs, or CPU processes with gloo; >1: `accelerate launch`); each gets an equal
     share of the effective batch batch_size * grad_accum."""
+    speed: SpeedParams = Field(default_factory=SpeedParams)
+    """Same loss, faster: padding-free batches, labelled logits only, Liger kernels."""
     lora: LoraParams = Field(default_factory=LoraParams)
     """The LoRA adapter's shape."""
 

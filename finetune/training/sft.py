@@ -43,18 +43,18 @@ def padding_free(p: config.Params) -> bool:
     flash-attention calls, so no example attends to another. TRL refuses padding_free with a max_length
     unless it packs (it would not cut rows to it), so rows that prepare.too_long: truncate leaves longer than
     max_length for the trainer to cut keep batches padded; with drop, prepare has removed every longer row."""
-    if p.train.padding_free and p.prepare.too_long != "drop":
+    if p.train.speed.padding_free and p.prepare.too_long != "drop":
         print(f"train: prepare.too_long: {p.prepare.too_long} leaves examples for the trainer to cut to "
-              f"prepare.max_length, which TRL does not do in padding-free batches: train.padding_free does not apply")
+              f"prepare.max_length, which TRL does not do in padding-free batches: train.speed.padding_free does not apply")
         return False
-    return p.train.padding_free
+    return p.train.speed.padding_free
 
 
 def liger_kernel(setting, on_gpu: bool) -> bool:
     """auto: Liger's Triton kernels where they can run (a CUDA GPU, package liger-kernel installed)."""
     available = on_gpu and importlib.util.find_spec("liger_kernel") is not None
     if setting is True and not available:
-        raise config.error("train.use_liger_kernel: true needs a CUDA GPU and the liger-kernel package "
+        raise config.error("train.speed.use_liger_kernel: true needs a CUDA GPU and the liger-kernel package "
                            "(pip install liger-kernel); set it to auto or false")
     return available if setting == "auto" else setting
 
@@ -86,7 +86,7 @@ def sft_config(p: config.Params, dtype: torch.dtype):
         # already dropped every longer example (measured with the same chat template and tokenizer).
         max_length=None if free else p.prepare.max_length,
         padding_free=free,
-        use_liger_kernel=liger_kernel(t.use_liger_kernel, on_gpu),
+        use_liger_kernel=liger_kernel(t.speed.use_liger_kernel, on_gpu),
         completion_only_loss=t.completion_only_loss,
         gradient_checkpointing=t.gradient_checkpointing,
         save_strategy="steps",
@@ -188,7 +188,7 @@ def build(p: config.Params) -> TrainingRun:
 
     dtype = modeling.compute_dtype(p.train.precision)
     args = checked_sft_config(p, dtype)  # before checkpoints are cleared: a typo must not cost a run
-    compat.labelled_logits_only(p.train.labelled_logits_only)
+    compat.labelled_logits_only(p.train.speed.labelled_logits_only)
     main = distributed.is_main(args)
     resume_from = distributed.from_main(args, lambda: checkpoints.resume_point(paths.CHECKPOINT_DIR, run_id(p), p.train.num_processes))
     if resume_from and main:

@@ -117,8 +117,8 @@ BAD = [
     ({"train": {"gradient_checkpointing": 1}}, ["train"],
      ["train.gradient_checkpointing must be true or false, got 1"]),
     ({"train": {"seed": -1}}, ["train"], ["train.seed must be in [0, 2**32), got -1"]),
-    ({"train": {"use_liger_kernel": "maybe"}}, ["train"], ["train.use_liger_kernel must be one of auto, true, false, got 'maybe'"]),
-    ({"train": {"padding_free": "yes"}}, ["train"], ["train.padding_free must be true or false, got 'yes'"]),
+    ({"train": {"speed": {"use_liger_kernel": "maybe"}}}, ["train"], ["train.speed.use_liger_kernel must be one of auto, true, false, got 'maybe'"]),
+    ({"train": {"speed": {"padding_free": "yes"}}}, ["train"], ["train.speed.padding_free must be true or false, got 'yes'"]),
     ({"train": {"num_processes": 0}}, ["train"], ["train.num_processes must be >= 1, got 0"]),
     ({"train": {"lora": {"r": 0}}}, ["train"], ["train.lora.r must be >= 1, got 0"]),
     ({"train": {"lora": {"alpha": 0}}}, ["train"], ["train.lora.alpha must be > 0, got 0"]),
@@ -522,17 +522,17 @@ def test_defaults_meet_their_own_declarations_and_are_not_shared():
 
 def test_yaml_forms_become_the_field_type():
     p = config.parse({"model": {"revision": 1234567, "base": " tiny "},
-                      "train": {"padding_free": "False", "completion_only_loss": " true ", "epochs": "1.5",
+                      "train": {"speed": {"padding_free": "False"}, "completion_only_loss": " true ", "epochs": "1.5",
                                 "lora": {"target_modules": [" q_proj ", "v_proj"]}},
                       "data": {"extra_columns": " keep "}}, ["model", "train", "data"])
     assert (p.model.revision, p.model.base) == ("1234567", "tiny")  # a hash YAML read as a number is text
-    assert (p.train.padding_free, p.train.completion_only_loss, p.train.epochs) == (False, True, 1.5)
+    assert (p.train.speed.padding_free, p.train.completion_only_loss, p.train.epochs) == (False, True, 1.5)
     assert p.train.lora.target_modules == ["q_proj", "v_proj"] and p.data.extra_columns == "keep"
     assert config.parse({"model": {"tiny": None}}, ["model"]).model.tiny == config.TinyModelParams()
     with pytest.raises(ParamsError) as error:  # Python's 1 == True and 0 == False are not params.yaml's
-        config.parse({"train": {"use_liger_kernel": 1, "padding_free": 0}}, ["train"])
-    assert problems(error) == ["train.padding_free must be true or false, got 0",
-                               "train.use_liger_kernel must be one of auto, true, false, got 1"]
+        config.parse({"train": {"speed": {"use_liger_kernel": 1, "padding_free": 0}}}, ["train"])
+    assert problems(error) == ["train.speed.padding_free must be true or false, got 0",
+                               "train.speed.use_liger_kernel must be one of auto, true, false, got 1"]
 
 
 def test_param_value_gives_sections_as_plain_dicts():

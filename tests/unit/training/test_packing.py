@@ -21,7 +21,7 @@ EXAMPLES = 24
 def make_trainer(tiny_base, out_dir, **train_params):
     from trl import SFTTrainer
 
-    raw = {"train": {"eval_steps": 0, **train_params}, "model": {"quantization": "none"}}
+    raw = {"train": {"eval_steps": 0, "speed": train_params}, "model": {"quantization": "none"}}
     p = config.parse(raw, ["lr", "prepare", "model", "train"])
     args = sft.sft_config(p, torch.float32)
     args.output_dir, args.eval_strategy = str(out_dir), "no"

@@ -12,7 +12,7 @@ from finetune.training import sft
 
 
 def test_sft_config_maps_the_reference_hyperparameters():
-    p = config.parse({"train": {"padding_free": False}}, ["lr", "prepare", "train"])  # default: test_packing.py
+    p = config.parse({"train": {"speed": {"padding_free": False}}}, ["lr", "prepare", "train"])  # default: test_packing.py
     settings = sft.sft_config(p, torch.float32)
     assert (settings.learning_rate, settings.num_train_epochs) == (1e-5, 2)
     assert (settings.per_device_train_batch_size, settings.gradient_accumulation_steps) == (2, 4)
@@ -47,7 +47,7 @@ def test_final_evaluation_reuses_the_one_at_the_last_step():
 
 
 def sft_settings(prepare: dict | None = None, **train_params):
-    raw = {"train": train_params, "prepare": prepare or {}}
+    raw = {"train": {"speed": train_params}, "prepare": prepare or {}}
     return sft.sft_config(config.parse(raw, ["lr", "prepare", "train"]), torch.float32)
 
 
@@ -68,10 +68,10 @@ def test_liger_kernel_auto_is_off_without_a_gpu():
 
 @pytest.mark.parametrize("value", ["auto", True, False])
 def test_use_liger_kernel_takes_auto_true_or_false(value):
-    assert config.parse({"train": {"use_liger_kernel": value}}, ["train"]).train.use_liger_kernel == value
+    assert config.parse({"train": {"speed": {"use_liger_kernel": value}}}, ["train"]).train.speed.use_liger_kernel == value
 
 
 @pytest.mark.parametrize("value", ["maybe", "True", 1, None])
 def test_use_liger_kernel_rejects_anything_else(value):
-    with pytest.raises(ParamsError, match="train.use_liger_kernel must be one of auto, true, false, got"):
-        config.parse({"train": {"use_liger_kernel": value}}, ["train"])
+    with pytest.raises(ParamsError, match="train.speed.use_liger_kernel must be one of auto, true, false, got"):
+        config.parse({"train": {"speed": {"use_liger_kernel": value}}}, ["train"])
