@@ -16,8 +16,6 @@ TEST_DATA = "data/processed/test.parquet"
 BASE_RESULTS = "data/eval/base.json"  # evaluate_base's metrics and answers, read by evaluate
 
 # models
-BASE_SOURCE = "models/base_source.json"
-BASE_SOURCE_CACHE = "models/.base_source_cache.json"  # gitignored; only spares rereading unchanged files
 BASE_DIR = "models/base"
 SOURCE_FILE = "source.json"  # in BASE_DIR: where the weights live when they are not copied there
 CHECKPOINT_DIR = "models/checkpoints"  # not a DVC output: kept across runs, cleared when train's inputs change

@@ -46,7 +46,6 @@ NOT_PARAMS_USE = {CONFIG_MODULE}
 # State a stage keeps outside DVC on purpose.
 OUTSIDE_DVC = {
     "models/checkpoints": "train's resumable checkpoints: cleared by train's own fingerprint, never pulled",
-    "models/.base_source_cache.json": "base_source's digest cache: only spares rereading unchanged files",
 }
 # The training settings the model card shows: model_card.hyperparameters shows the merge stage's params keys
 # under model_card.HYPERPARAMETER_KEYS, as dvc.yaml lists them (pipeline.stage_inputs), so dvc.yaml itself is
@@ -57,7 +56,7 @@ CARD_ONLY = ("lr", "train.epochs", "train.max_steps", "train.batch_size", "train
 # dvc.yaml entries that no code names (so removing them cannot be noticed from the code).
 NOT_IN_CODE = {
     ("ingest", "deps", "${data.path}"): "the input file is named by a param",
-    ("base", "deps", "models/base_source.json"): "orders base after base_source, which notices edits in a local model",
+    ("base", "deps", "${model.local_dir}"): "the local model directory is named by a param",
     **{("merge", "params", key): "shown in the model card, which lists what dvc.yaml lists" for key in CARD_ONLY},
 }
 WRITER = re.compile(r"^(write|atomic_path$)")  # files.write_json, files.atomic_path, ...
