@@ -14,7 +14,7 @@ import yaml
 
 from helpers import dvc, local_model_params, run, write_params
 
-ALL_STAGES = {"ingest", "base", "prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
+ALL_STAGES = {"check_params", "ingest", "base", "prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
 DOWNSTREAM_OF_BASE = {"prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
 UP_TO_DATE = {}  # `dvc status --json` when nothing would run
 
@@ -100,7 +100,7 @@ def test_second_repro_is_a_no_op(reproduced):
 def test_lr_experiment_reruns_only_what_lr_touches(reproduced):
     project, _ = reproduced
     experiment = dvc("exp", "run", "-S", "lr=2e-5", cwd=project)
-    assert ran(experiment.stdout) == {"train", "evaluate", "merge", "report"}, experiment.stdout
+    assert ran(experiment.stdout) == {"check_params", "train", "evaluate", "merge", "report"}, experiment.stdout
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     changed = diff["metrics/eval.json"]
     assert "tuned.eval_loss" in changed and changed["tuned.eval_loss"]["diff"] != 0
@@ -115,7 +115,7 @@ def test_evaluate_param_reruns_evaluation_and_what_reports_it(reproduced):
     write_params(project, {"evaluate": {"max_new_tokens": 6}})
     result = dvc("repro", cwd=project)
     # merge too: the model card carries the evaluation's metrics
-    assert ran(result.stdout) == {"evaluate_base", "evaluate", "merge", "report"}
+    assert ran(result.stdout) == {"check_params", "evaluate_base", "evaluate", "merge", "report"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     assert any(key.endswith("generated_tokens_mean") for key in diff.get("metrics/eval.json", {}))
     restore(project)
@@ -369,3 +369,42 @@ def test_edited_tokenizer_directory_reruns_base(reproduced, tmp_path):
     merges.write_text("".join(merges.read_text().splitlines(keepends=True)[:-20]))  # 20 merges fewer
     assert ran(dvc("repro", "base", cwd=project).stdout) == {"base"}
     assert lock_entry(project, "base")["outs"] != before  # a new models/base: everything after it reruns
+
+
+# ---------------------------------------------------------------- a refused param removes nothing
+
+def every_output(project) -> dict[str, str]:
+    """sha256 of every file of every output and metrics file dvc.lock records (models, data, metrics, report)."""
+    found = {}
+    for path in output_paths(project):
+        found |= tree_bytes(project, path)
+    return found
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("lr=-1", "lr must be > 0, got -1"),
+    ("model.quantization=9bit", "model.quantization must be one of 8bit, 4bit, none, got '9bit'"),
+])
+def test_a_refused_param_removes_nothing(reproduced, tmp_path, setting, message):
+    """check_params runs first (every stage depends on it): a bad -S stops DVC before it removes any output.
+
+    Negative control: the same run with check_params no dependency of train; DVC then removes train's outputs
+    before train refuses the param."""
+    project = copy_repo(reproduced[0], tmp_path)
+    before = every_output(project)
+    assert {"models/adapter/adapter_model.safetensors", "metrics/train.json", "metrics/report.html"} <= before.keys()
+    refused = dvc("exp", "run", "-S", setting, cwd=project, check=False)
+    assert refused.returncode != 0
+    assert f"check_params: error: params.yaml: 1 problem(s):\n  {message}" in refused.stdout + refused.stderr
+    assert ran(refused.stdout) == {"check_params"}
+    assert every_output(project) == before
+
+    restore(project)
+    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
+    pipeline["stages"]["train"]["deps"].remove("models/params_ok.json")
+    (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    key, value = setting.split("=")
+    change = {key: float(value)} if key == "lr" else {"model": {"quantization": value}}
+    write_params(project, change)
+    assert dvc("repro", "-s", "train", cwd=project, check=False).returncode != 0
+    assert not (project / "metrics/train.json").exists()  # the control: what the check prevents
