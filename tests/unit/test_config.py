@@ -82,6 +82,8 @@ BAD = [
     ({"model": {"quantization": None}}, ["model"], ["model.quantization must be one of 8bit, 4bit, none, got None"]),
     ({"model": {"base": ""}}, ["model"], ["model.base must not be empty"]),
     ({"model": {"local_dir": ""}}, ["model"], ["model.local_dir must not be empty"]),
+    ({"evaluate": {"bootstrap_samples": 10}}, ["evaluate"],
+     ["evaluate.bootstrap_samples must be >= 100 (fewer give unsteady 95% bounds), got 10"]),
     ({"model": {"revision": ""}}, ["model"], ["model.revision must not be empty"]),
     ({"model": {"tiny": {"vocab_size": 100}}}, ["model"],
      ["model.tiny.vocab_size must be >= 300 (256 bytes + special tokens), got 100"]),
