@@ -7,7 +7,7 @@ The tiny default hides what breaks at real size. This builds a random-init model
 Qwen2-0.5B-Instruct's published config (hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate
 4864, vocabulary 151,936, tied embeddings, rope theta 1e6), its shipped generation_config (sampling,
 repetition_penalty 1.1) and the real Qwen2 tokenizer from ../shared/tokenizers/qwen2, saves it in
-bf16 to a local directory, points `model.base` at it in a temp copy of the project, runs every
+bf16 to a local directory, points `model.local_dir` at it (`model.base: local`) in a temp copy of the project, runs every
 stage as DVC would (`python -m stages.<name>`, in dvc.yaml's order) and checks its outputs. It prints
 each stage's seconds and peak memory and writes benchmarks/results/check_real[_gpu].json.
 Nothing is downloaded.
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"machine": common.machine(), "versions": common.versions(), "model": built, "runs": {}}
     for quantization in profiles:
         changes = common.deep_update(GPU_PARAMS if args.gpu else CPU_PARAMS, {
-            "model": {"base": str(model_dir), "quantization": quantization}, "data": {"path": common.data_source()}})
+            "model": {"base": "local", "local_dir": str(model_dir), "quantization": quantization}, "data": {"path": common.data_source()}})
         project = common.copy_project(root / quantization, changes)
         stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
         figures = {}

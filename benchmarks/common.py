@@ -28,7 +28,7 @@ ALPACA = SHARED / "data" / "alpaca" / "alpaca_5000.json"  # real Alpaca rows, wh
 QWEN2_TOKENIZER = SHARED / "tokenizers" / "qwen2"  # real Qwen2 vocab.json + merges.txt, when present
 EMBEDDED_SAMPLE = REPO / "data" / "raw" / "finance_alpaca.parquet"
 # What a copy of the project needs to run its stages and its pipeline.
-PROJECT_FILES = ("stages", "finetune", "data/raw", ".dvc/plots", ".dvc/config", "dvc.yaml", "params.yaml",
+PROJECT_FILES = ("stages", "finetune", "data/raw", "models/local_model", ".dvc/plots", ".dvc/config", "dvc.yaml", "params.yaml",
                  "requirements.txt", ".gitignore", ".dvcignore")
 
 

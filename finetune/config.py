@@ -97,8 +97,9 @@ class TinyModelParams(_Section):
 
     vocab_size: int = Field(4096, ge=300, json_schema_extra={"why": "256 bytes + special tokens"})
     """BPE vocabulary trained on the embedded sample: keep it small, the output layer dominates CPU time."""
-    tokenizer: str = Field("bpe", min_length=1, json_schema_extra={"empty": "bpe or a tokenizer directory"})
-    """'bpe' to train one, or a directory with Qwen2 vocab.json + merges.txt (151k vocab: ~10x slower on CPU)."""
+    tokenizer: Literal["bpe", "local"] = "bpe"
+    """bpe: train one on the embedded sample; local: Qwen2 vocab.json + merges.txt from model.local_dir (151k
+    vocab: ~10x slower on CPU)."""
     hidden_size: int = Field(128, ge=1)
     """Width of the residual stream."""
     intermediate_size: int = Field(384, ge=1)
@@ -121,7 +122,11 @@ class TinyModelParams(_Section):
 
 class ModelParams(_Section):
     base: str = Field("tiny", min_length=1)
-    """'tiny' (embedded default: offline, CPU speed), a hub id (Qwen/Qwen2-0.5B-Instruct) or a local model dir."""
+    """'tiny' (embedded default: offline, CPU speed), a hub id (Qwen/Qwen2-0.5B-Instruct) or 'local' (the model in
+    model.local_dir)."""
+    local_dir: str = Field("models/local_model", min_length=1)
+    """The directory base reads with base 'local' (a model) or tiny.tokenizer 'local' (vocab.json + merges.txt): a
+    DVC dependency of base, so editing a file in it reruns base and everything after it. Absolute or relative."""
     revision: str = Field("main", min_length=1)
     """Hub revision (pin a commit hash for reproducible runs); ignored for tiny and local directories."""
     quantization: Literal["8bit", "4bit", "none"] = "8bit"
@@ -132,9 +137,12 @@ class ModelParams(_Section):
     @model_validator(mode="after")
     def _quantizable(self) -> ModelParams:
         narrowest = min(self.tiny.hidden_size, self.tiny.intermediate_size)
+        directory = self.base not in ("tiny", "local") and Path(self.base).expanduser().is_dir()
         return _check(self, (self.base == "tiny" and self.quantization == "4bit" and narrowest < 64,
                              "model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
-                             f"(the bitsandbytes block size), got {narrowest}"))
+                             f"(the bitsandbytes block size), got {narrowest}"),
+                      (directory, f"model.base {self.base!r} is a directory: a local model is `-S model.base=local "
+                                  f"-S model.local_dir={self.base}` (so DVC tracks its files)"))
 
 
 class LoraParams(_Section):
@@ -231,7 +239,10 @@ class EvaluateParams(_Section):
     temperature: float = Field(0.7, gt=0)
     """Sampling temperature of the sampled generation (do_sample: true)."""
     seed: Seed = 0
-    """Seed for the prompt subset and the sampled generation."""
+    """Seed for the prompt subset, the sampled generation and the bootstrap resamples."""
+    bootstrap_samples: int = Field(1000, ge=100, json_schema_extra={"why": "fewer give unsteady 95% bounds"})
+    """Paired bootstrap resamples of the test rows behind each delta.*_low / _high: more, steadier bounds (the
+    cost is a matrix product per resample: 1000 take well under a second)."""
 
 
 class MergeParams(_Section):

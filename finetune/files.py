@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-if TYPE_CHECKING:  # imported where used: base_source, which runs on every repro, needs only the writers
+if TYPE_CHECKING:  # imported where used: stages that only write JSON load no pandas
     import pandas as pd
 
 

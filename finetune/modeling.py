@@ -61,19 +61,22 @@ def quiet_bitsandbytes() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.msg)
 
 
-def resolve_pretrained(base: str, revision: str) -> dict:
-    """Where a non-tiny base lives: a local directory as is, a hub id through the local HF cache.
+def local_model(directory: str | os.PathLike) -> dict:
+    """model.base 'local': the model in model.local_dir, used where it is (not copied)."""
+    local = Path(directory).expanduser()
+    if not local.is_dir():
+        raise ModelError(f"model.local_dir: {local} is not a directory (model.base is 'local')")
+    if not (local / "config.json").is_file():
+        raise ModelError(f"model.local_dir: {local} has no config.json (not a model directory; model.base is "
+                         "'local'): put a model there or point at one, `-S model.local_dir=/path/to/model`")
+    return {"kind": "local", "path": str(local.resolve())}
 
-    A hub model is downloaded once into the HF cache and reused by every later run and
-    experiment; offline, a cached copy is used, and a missing one is a clear error.
-    """
-    local = Path(base).expanduser()
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise ModelError(f"model.base: {local} is a directory but has no config.json (not a model directory)")
-        return {"kind": "local", "path": str(local.resolve())}
+
+def resolve_pretrained(base: str, revision: str) -> dict:
+    """Where a hub base lives: downloaded once into the local HF cache and reused by every later run and
+    experiment; offline, a cached copy is used, and a missing one is a clear error."""
     if base.startswith((".", "/", "~")) or base.count("/") != 1:
-        raise ModelError(f"model.base: {base!r} is neither an existing directory nor a hub id like 'Qwen/Qwen2-0.5B-Instruct'")
+        raise ModelError(f"model.base: {base!r} is none of 'tiny', 'local' or a hub id like 'Qwen/Qwen2-0.5B-Instruct'")
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
@@ -86,8 +89,8 @@ def resolve_pretrained(base: str, revision: str) -> dict:
             raise ModelError(
                 f"model.base: could not download {base!r} (revision {revision!r}) from the Hugging Face Hub "
                 f"and it is not in the local cache ({type(e).__name__}: {e}). Without network, download it "
-                f"elsewhere (`hf download {base} --local-dir DIR`), copy DIR here and set model.base to that "
-                f"directory, e.g. `dvc exp run -S model.base=/path/to/DIR`."
+                f"elsewhere (`hf download {base} --local-dir DIR`), copy DIR here and use it as a local model: "
+                f"`dvc exp run -S model.base=local -S model.local_dir=/path/to/DIR`."
             ) from e
     return {"kind": "hub", "id": base, "revision": revision, "path": str(Path(path).resolve())}
 

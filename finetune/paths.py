@@ -13,11 +13,11 @@ INGESTED = "data/interim/ingested.parquet"
 TRAIN_DATA = "data/processed/train.parquet"
 VAL_DATA = "data/processed/val.parquet"
 TEST_DATA = "data/processed/test.parquet"
-BASE_RESULTS = "data/eval/base.json"  # evaluate_base's metrics and answers, read by evaluate
+BASE_RESULTS = "data/eval/base.json"  # evaluate_base's metrics, answers and per-row results, read by evaluate
+EVAL_ROWS = "data/eval/rows.json"  # evaluate's per-row results of base and tuned (the intervals' input)
 
 # models
-BASE_SOURCE = "models/base_source.json"
-BASE_SOURCE_CACHE = "models/.base_source_cache.json"  # gitignored; only spares rereading unchanged files
+PARAMS_OK = "models/params_ok.json"  # check_params: the same bytes whenever params.yaml is valid; every stage's dep
 BASE_DIR = "models/base"
 SOURCE_FILE = "source.json"  # in BASE_DIR: where the weights live when they are not copied there
 CHECKPOINT_DIR = "models/checkpoints"  # not a DVC output: kept across runs, cleared when train's inputs change

@@ -19,12 +19,13 @@ def corpus_texts(frame: pd.DataFrame) -> list[str]:
     return [str(v) for c in columns for v in frame[c].dropna().tolist()]
 
 
-def build(cfg, corpus_path: str):
-    """(model, tokenizer) of model.tiny: the tokenizer trained on `corpus_path` ('bpe') or read from a directory."""
+def build(cfg, corpus_path: str, local_dir: str | os.PathLike | None = None):
+    """(model, tokenizer) of model.tiny: the tokenizer trained on `corpus_path` ('bpe') or read from `local_dir`
+    (model.local_dir, with tokenizer 'local')."""
     if cfg.tokenizer == "bpe":
         tokenizer = train_bpe_tokenizer(corpus_texts(pd.read_parquet(corpus_path)), cfg.vocab_size)
     else:
-        tokenizer = qwen2_tokenizer_from_files(cfg.tokenizer)
+        tokenizer = qwen2_tokenizer_from_files(local_dir)
     return build_model(cfg, tokenizer), tokenizer
 
 
@@ -73,7 +74,7 @@ def qwen2_tokenizer_from_files(directory: str | os.PathLike):
     directory = Path(directory)
     missing = [n for n in ("vocab.json", "merges.txt") if not (directory / n).is_file()]
     if missing:
-        raise ModelError(f"model.tiny.tokenizer: {directory} lacks {', '.join(missing)}")
+        raise ModelError(f"model.local_dir: {directory} lacks {', '.join(missing)} (model.tiny.tokenizer is 'local')")
     return _finish_tokenizer(Qwen2Tokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt")))
 
 

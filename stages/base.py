@@ -1,6 +1,6 @@
-"""base: materialise the base model + tokenizer in models/base (tiny default, hub id or local dir)."""
+"""base: materialise the base model + tokenizer in models/base (tiny default, hub id, or model.local_dir)."""
 
-from finetune import config, errors, files, model_source, modeling, paths, tiny
+from finetune import config, errors, files, modeling, paths, tiny
 
 
 def main() -> None:
@@ -8,14 +8,18 @@ def main() -> None:
     cfg = p.model
     with files.atomic_path(paths.BASE_DIR) as tmp:
         if cfg.base == "tiny":
-            model, tokenizer = tiny.build(cfg.tiny, paths.EMBEDDED_SAMPLE)
+            model, tokenizer = tiny.build(cfg.tiny, paths.EMBEDDED_SAMPLE, cfg.local_dir)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             source = {"kind": "tiny", "parameters": sum(t.numel() for t in model.parameters())}
         else:
-            source = modeling.resolve_pretrained(cfg.base, cfg.revision)
-            if source["kind"] == "local":  # new weights in the same directory change models/base: downstream reruns
-                source["sha256"] = files.digest(source["path"], model_source.read_cache())  # base_source's, cached
+            if cfg.base == "local":
+                source = modeling.local_model(cfg.local_dir)
+                # DVC reruns base when a file in the directory changes; the digest in source.json makes
+                # models/base change with it, so everything after base reruns too.
+                source["sha256"] = files.digest(source["path"])
+            else:
+                source = modeling.resolve_pretrained(cfg.base, cfg.revision)
             tokenizer = modeling.load_tokenizer(source["path"])
             tokenizer.save_pretrained(tmp)  # small; downstream stages read the tokenizer from here
             files.write_json(tmp / paths.SOURCE_FILE, source)

@@ -4,7 +4,7 @@ and the generation settings both answered with (metrics/generation.json)."""
 import pandas as pd
 
 from finetune import config, errors, files, modeling, paths
-from finetune.evaluation import comparison, generation, suite
+from finetune.evaluation import comparison, generation, intervals, suite
 
 
 def main() -> None:
@@ -16,16 +16,20 @@ def main() -> None:
                                           paths.BASE_RESULTS)
     model = modeling.load_tuned(paths.BASE_DIR, paths.ADAPTER_DIR, p.model.quantization, dtype,
                                 expected_base=p.model.base)
-    tuned, outputs = suite.evaluate_model(model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate,
-                                          p.prepare.max_length)
+    tuned, outputs, rows = suite.evaluate_rows(model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate,
+                                               p.prepare.max_length)
     samples = comparison.side_by_side(base["outputs"], outputs, paths.BASE_RESULTS)
     metrics = comparison.compare(base["metrics"], tuned)
+    base_rows = comparison.same_rows(base.get("rows"), rows, paths.BASE_RESULTS)
+    metrics |= intervals.delta_intervals(base_rows, rows, "delta", p.evaluate.bootstrap_samples, p.evaluate.seed)
+    files.write_json(paths.EVAL_ROWS, {"base": base_rows, "tuned": rows})
     files.write_jsonl(paths.SAMPLES, samples)
     files.write_json(paths.SAMPLES_PLOT, samples)
     files.write_json(paths.EVAL_METRICS, metrics)
     files.write_json(paths.GENERATION, settings)  # not in eval.json: a list (the end tokens) is no metric
     print(f"evaluate: loss {metrics['base.eval_loss']:.4f} -> {metrics['tuned.eval_loss']:.4f} "
-          f"(delta {metrics['delta.eval_loss']:+.4f}) -> {paths.EVAL_METRICS}")
+          f"(delta {metrics['delta.eval_loss']:+.4f}, 95% [{metrics['delta.eval_loss_low']:+.4f}, "
+          f"{metrics['delta.eval_loss_high']:+.4f}]) -> {paths.EVAL_METRICS}")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ def main() -> None:
     dtype = modeling.compute_dtype("auto")
     tokenizer = modeling.load_tokenizer(paths.BASE_DIR)
     model = modeling.load_model(paths.BASE_DIR, p.model.quantization, dtype)
-    metrics, outputs = suite.evaluate_model(model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate,
+    metrics, outputs, rows = suite.evaluate_rows(model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate,
                                             p.prepare.max_length)
     settings = generation.settings_report(tokenizer, p.evaluate)
-    files.write_json(paths.BASE_RESULTS, {"metrics": metrics, "outputs": outputs, "generation": settings})
+    files.write_json(paths.BASE_RESULTS, {"metrics": metrics, "outputs": outputs, "generation": settings, "rows": rows})
     print(f"evaluate_base: loss {metrics['eval_loss']:.4f}, accuracy {metrics['mean_token_accuracy']:.3f} "
           f"-> {paths.BASE_RESULTS}")
 

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from finetune import chat_format, config, errors, files, merging, model_card, modeling, paths, pipeline
-from finetune.evaluation import comparison, generation, scoring
+from finetune.evaluation import comparison, generation, intervals, scoring
 
 
 def read_metrics(path: str, stage: str) -> dict:
@@ -49,9 +49,14 @@ def main() -> None:
                       export_greedy_tokens_match=bool(torch.equal(export_tokens, reference_tokens)))
 
         rows = merging.score_rows(len(test), p.merge.eval_rows)
-        scored = scoring.response_metrics(exported, tokenizer, chat_format.conversations(test.iloc[rows]),
-                                          p.evaluate.batch_size, p.prepare.max_length)
+        merged_rows = scoring.response_rows(exported, tokenizer, chat_format.conversations(test.iloc[rows]),
+                                            p.evaluate.batch_size, p.prepare.max_length)
+        scored = scoring.summarize_stats(scoring.total_of(merged_rows))
         result.update({"merged.rows": len(rows), **comparison.with_prefix("merged", scored)})
+        tuned_rows = read_metrics(paths.EVAL_ROWS, "evaluate")["tuned"]["scored"]  # merged minus tuned, same rows
+        tuned_rows = {key: [values[i] for i in rows] for key, values in tuned_rows.items()}
+        result.update(intervals.delta_intervals({"scored": tuned_rows}, {"scored": merged_rows}, "merged_minus_tuned",
+                                                p.evaluate.bootstrap_samples, p.evaluate.seed))
         merging.say("score", f"merged.eval_loss {scored['eval_loss']:.4f} on {len(rows)} test rows (tuned.eval_loss "
                     f"{model_card.cell(eval_metrics.get('tuned.eval_loss'))}, {p.model.quantization} base + adapter)")
 

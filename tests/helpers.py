@@ -59,6 +59,14 @@ def write_params(project: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(deep_update(params, changes), sort_keys=False))
 
 
+def local_model_params(directory: str | os.PathLike, tokenizer_only: bool = False) -> dict:
+    """params that make base read `directory` (model.local_dir): a whole model, or with `tokenizer_only` the
+    tiny model's tokenizer files. The one place tests name a local model."""
+    if tokenizer_only:
+        return {"model": {"local_dir": str(directory), "tiny": {"tokenizer": "local"}}}
+    return {"model": {"base": "local", "local_dir": str(directory)}}
+
+
 def make_project(root: Path, params: dict | None = None, git: bool = True) -> Path:
     """A copy of the project (benchmarks.common.PROJECT_FILES: code, pipeline, embedded data) with fast params;
     a git+dvc repo if asked."""

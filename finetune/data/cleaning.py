@@ -72,7 +72,7 @@ def _row_problems(i: pa.Array, x: pa.Array, o: pa.Array) -> np.ndarray:
     checks = (
         ("missing_instruction", lambda: i.is_null().to_numpy(zero_copy_only=False)),
         ("missing_output", lambda: o.is_null().to_numpy(zero_copy_only=False)),
-        ("blank_instruction", lambda: matches(i, _BLANK)),
+        ("blank_instruction", lambda: matches(i, _BLANK) | _normalises_to_nothing(i)),  # e.g. "?"
         ("blank_output", lambda: matches(o, _BLANK)),
         ("placeholder_output", placeholder),
         ("control_characters", lambda: matches(i, CONTROL.pattern) | matches(x, CONTROL.pattern)
@@ -83,6 +83,14 @@ def _row_problems(i: pa.Array, x: pa.Array, o: pa.Array) -> np.ndarray:
         undecided = pd.isna(reasons)
         reasons[undecided & check()] = reason
     return reasons
+
+
+def _normalises_to_nothing(column: pa.Array) -> np.ndarray:
+    """Texts that identity.normalise makes "" (only punctuation and whitespace, e.g. "?"): no prompt."""
+    texts = pc.fill_null(column, "x")
+    uniques = pc.unique(texts)
+    empty = pa.array([identity.normalise(t) == "" for t in uniques.to_pylist()], type=pa.bool_())
+    return empty.take(pc.index_in(texts, value_set=uniques)).to_numpy(zero_copy_only=False)
 
 
 def clean(

@@ -36,8 +36,10 @@ def normalise(text: str) -> str:
 
 
 def prompt_identity(instruction: str, input_text: str) -> str:
-    """The identity of a prompt, for dedup and splitting: the normalised user turn of the normalised parts."""
-    return normalise(user_text(normalise(instruction), normalise(input_text)))
+    """The identity of a prompt, for dedup and splitting: prompt_identities of the one row (one definition, so
+    the scalar and the column cannot disagree, e.g. for an instruction that normalises to "")."""
+    frame = pd.DataFrame({"instruction": [instruction], "input": [input_text]}, dtype=object)
+    return prompt_identities(frame)[0].as_py()
 
 
 # normalise(user_text(a, b)) for normalised a and non-empty normalised b is a + _JOIN + b: the column

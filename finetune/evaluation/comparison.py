@@ -44,6 +44,17 @@ def same_generation(base: dict, tuned: dict, source: str) -> dict:
     return tuned
 
 
+def same_rows(base_rows: dict | None, tuned_rows: dict, source: str) -> dict:
+    """The base's per-row results, after checking they are for the same test rows as the tuned model's."""
+    if not base_rows:
+        raise DataError(f"{source} has no per-row results (made by an older evaluate_base); rerun "
+                        "`dvc repro -f evaluate_base`")
+    for part in ("scored", "answered"):
+        if base_rows[part]["row"] != tuned_rows[part]["row"]:
+            raise DataError(f"{source} was made for other test rows; rerun `dvc repro evaluate_base`")
+    return base_rows
+
+
 # ---------------------------------------------------------------- flat metric keys, as `dvc metrics` shows them
 
 

@@ -110,23 +110,47 @@ def backbone_and_head(model):
     return model.get_decoder(), model.get_output_embeddings()
 
 
-@torch.inference_mode()
-def response_metrics(model, tokenizer, conversations: list[dict], batch_size: int, max_length: int) -> dict:
-    """Loss, perplexity, accuracy and entropy over response tokens, streamed batch by batch.
+def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """logit_stats per token (fp32 [tokens] each): NLL, entropy, argmax hit."""
+    x = logits.float()
+    log_probs = torch.log_softmax(x, dim=-1)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -log_probs.mul_(log_probs.exp()).nansum(-1)
+    return {"nll": nll, "entropy": entropy, "correct": (x.argmax(-1) == targets).float()}
 
-    The backbone runs on the whole batch; the output layer only on the response positions, a chunk of
-    tokens at a time (chunk_tokens), so memory beyond the model and its activations stays bounded.
+
+def response_metrics(model, tokenizer, conversations: list[dict], batch_size: int, max_length: int,
+                     chunk: int | None = None) -> dict:
+    """Loss, perplexity, accuracy and entropy over response tokens: the sums of response_rows."""
+    return summarize_stats(total_of(response_rows(model, tokenizer, conversations, batch_size, max_length, chunk)))
+
+
+def total_of(rows: dict[str, list]) -> dict:
+    """The sums over rows of response_rows' columns (what summarize_stats reads)."""
+    return {"nll": math.fsum(rows["nll"]), "entropy": math.fsum(rows["entropy"]), "correct": int(sum(rows["correct"])),
+            "tokens": int(sum(rows["tokens"]))}
+
+
+@torch.inference_mode()
+def response_rows(model, tokenizer, conversations: list[dict], batch_size: int, max_length: int,
+                  chunk: int | None = None) -> dict[str, list]:
+    """Per conversation, in their order: sums of NLL, entropy and argmax hits over its response tokens, and
+    their count (0 when max_length cut the whole response); streamed batch by batch.
+
+    The backbone runs on the whole batch; the output layer only on the response positions, `chunk` tokens at
+    a time (default chunk_tokens), so memory beyond the model and its activations stays bounded.
     """
     model.eval()
     backbone, head = backbone_and_head(model)
-    chunk = chunk_tokens(head.out_features)
+    chunk = chunk or chunk_tokens(head.out_features)
     examples = [encode_example(tokenizer, c, max_length) for c in conversations]
     # Similar lengths together: less padding, same sums.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    total = {"nll": 0.0, "entropy": 0.0, "correct": 0, "tokens": 0}
+    sums = {key: torch.zeros(len(examples), dtype=torch.float64) for key in ("nll", "entropy", "correct", "tokens")}
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=None):
-        batch = pad_batch([examples[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id)
+        members = order[start : start + batch_size]
+        batch = pad_batch([examples[i] for i in members], tokenizer.pad_token_id)
         labels = batch["labels"][:, 1:].to(device)
         mask = labels != -100
         if not mask.any():  # every response was cut off by max_length
@@ -136,6 +160,13 @@ def response_metrics(model, tokenizer, conversations: list[dict], batch_size: in
         # hidden[:, t] predicts labels[:, t + 1]; [response tokens, hidden], the prompt's positions dropped.
         picked = hidden[:, :-1][mask]
         del hidden
-        for key, value in chunked_stats(picked, labels[mask], head, chunk).items():
-            total[key] += value
-    return summarize_stats(total)
+        targets = labels[mask]
+        owner = torch.tensor(members)[:, None].expand(mask.shape)[mask.cpu()]  # each response token's row
+        for begin in range(0, len(targets), chunk):
+            stats = token_stats(head(picked[begin : begin + chunk]), targets[begin : begin + chunk])
+            rows = owner[begin : begin + chunk]
+            for key, value in stats.items():
+                sums[key].index_add_(0, rows, value.double().cpu())
+        sums["tokens"].index_add_(0, owner, torch.ones(len(owner), dtype=torch.float64))
+    return {"nll": sums["nll"].tolist(), "entropy": sums["entropy"].tolist(),
+            "correct": [int(v) for v in sums["correct"].tolist()], "tokens": [int(v) for v in sums["tokens"].tolist()]}

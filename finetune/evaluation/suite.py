@@ -10,13 +10,22 @@ from finetune.evaluation import generation, scoring, text_metrics
 
 def evaluate_model(model, tokenizer, test: pd.DataFrame, cfg, max_length: int) -> tuple[dict, list[dict]]:
     """All metrics of one model on the test split, and its generations for the sampled prompts."""
+    metrics, outputs, _ = evaluate_rows(model, tokenizer, test, cfg, max_length)
+    return metrics, outputs
+
+
+def evaluate_rows(model, tokenizer, test: pd.DataFrame, cfg, max_length: int) -> tuple[dict, list[dict], dict]:
+    """evaluate_model, and the per-row results the metrics are made of (for intervals.paired):
+    {"scored": every test row's token sums, "answered": each sampled prompt's answer scores; "row": test row numbers}."""
     conversations = chat_format.conversations(test)
-    metrics = scoring.response_metrics(model, tokenizer, conversations, cfg.batch_size, max_length)
+    scored = scoring.response_rows(model, tokenizer, conversations, cfg.batch_size, max_length)
+    metrics = scoring.summarize_stats(scoring.total_of(scored))
     picked = generation.sample_indices(len(conversations), cfg.num_samples, cfg.seed)
     chosen = [conversations[i] for i in picked]
     references = [c["completion"][0]["content"] for c in chosen]
     greedy = generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens)
     metrics.update(text_metrics.answer_metrics(greedy, references))
+    answered = {"row": list(picked), **text_metrics.answer_rows(greedy, references)}
     sampled = (generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens, True, cfg.temperature, cfg.seed)
                if cfg.do_sample else [None] * len(chosen))
     outputs = [
@@ -24,4 +33,4 @@ def evaluate_model(model, tokenizer, test: pd.DataFrame, cfg, max_length: int) -
          "stopped": g["stopped"], **({"sampled": s["text"]} if s else {})}
         for i, c, ref, g, s in zip(picked, chosen, references, greedy, sampled)
     ]
-    return metrics, outputs
+    return metrics, outputs, {"scored": {"row": list(range(len(conversations))), **scored}, "answered": answered}

@@ -26,6 +26,20 @@ def rouge_l_f1(prediction: str, reference: str) -> float:
     return _rouge_l().score(reference, prediction)["rougeL"].fmeasure
 
 
+def answer_rows(generations: list[dict], references: list[str]) -> dict[str, list]:
+    """Per answer: ROUGE-L F1, exact match, stopped, generated tokens, and its chrF n-gram statistics
+    (sacrebleu's [hyp, ref, match] counts per order, which corpus chrF sums: intervals.chrf_from_stats)."""
+    from sacrebleu.metrics import CHRF
+
+    predictions = [g["text"] for g in generations]
+    stats = CHRF()._extract_corpus_statistics(predictions, [references]) if predictions else []
+    return {"rougeL_f1": [rouge_l_f1(p, r) for p, r in zip(predictions, references)],
+            "exact_match": [exact_match(p, r) for p, r in zip(predictions, references)],
+            "stopped": [float(g["stopped"]) for g in generations],
+            "generated_tokens": [g["tokens"] for g in generations],
+            "chrf_stats": [[int(x) for x in s] for s in stats]}
+
+
 def answer_metrics(generations: list[dict], references: list[str]) -> dict:
     """ROUGE-L F1 (mean), corpus chrF, exact match, mean length, share that stopped by itself."""
     from sacrebleu.metrics import CHRF

@@ -61,7 +61,8 @@ def histogram_svg(lengths: list[int], max_length: int) -> bytes:
 
 
 def metrics_svg(columns: list[tuple[str, dict]], colours: list[str]) -> bytes | None:
-    """One small bar chart per metric (their scales differ), a bar per column that has a number."""
+    """One small bar chart per metric (their scales differ), a bar per column that has a number; a column
+    whose values hold METRIC_low / METRIC_high (a 95% interval) gets them drawn as an error bar."""
     def number(x):
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -77,6 +78,12 @@ def metrics_svg(columns: list[tuple[str, dict]], colours: list[str]) -> bytes | 
                     for (label, values), colour in zip(columns, colours) if number(values.get(name))]
             rects = ax.bar(*zip(*[(label, v) for label, v, _ in bars]), color=[c for _, _, c in bars])
             ax.bar_label(rects, labels=[fmt(v) for _, v, _ in bars], fontsize="small")
+            for rect, (_, values) in zip(rects, [(l, v) for (l, v), _ in zip(columns, colours) if number(v.get(name))]):
+                low, high = values.get(f"{name}_low"), values.get(f"{name}_high")
+                if number(low) and number(high):
+                    ax.errorbar(rect.get_x() + rect.get_width() / 2, values[name], color="black", capsize=4,
+                                yerr=[[max(values[name] - low, 0)], [max(high - values[name], 0)]])
+                    ax.axhline(0, color="0.5", linewidth=0.8)
             ax.set_title(name, fontsize="medium")
             ax.tick_params(axis="x", labelsize="small")
             ax.margins(y=0.2)

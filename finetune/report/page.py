@@ -80,7 +80,9 @@ def run_page(run: RunResults, curves, lengths: list[int], max_length: int) -> st
     figures = [*curve_figures([run], curves),
               figure_html("Token lengths", charts.histogram_svg(lengths, max_length) if lengths else None, "no rows"),
               figure_html("Base vs tuned", charts.metrics_svg(columns[:2] + columns[3:], ["0.6", "C0", "C2"]),
-                          f"no {paths.EVAL_METRICS}", True)]  # base grey, tuned the colour of its curves
+                          f"no {paths.EVAL_METRICS}", True),  # base grey, tuned the colour of its curves
+              figure_html("Tuned - base, paired bootstrap 95% interval", charts.metrics_svg([columns[2]], ["C0"]),
+                          f"no {paths.EVAL_METRICS}", True)]
     return page("Fine-tuning report", [
         f'<div class="charts">{"".join(figures)}</div>',
         f"<h2>Metrics ({esc(paths.EVAL_METRICS)}, {esc(paths.MERGE_METRICS)})</h2>", table_html(columns, table_rows(columns)),

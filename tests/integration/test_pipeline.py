@@ -12,12 +12,11 @@ import pytest
 import torch
 import yaml
 
-from helpers import dvc, run, write_params
+from helpers import dvc, local_model_params, run, write_params
 
-ALL_STAGES = {"ingest", "base_source", "base", "prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
+ALL_STAGES = {"check_params", "ingest", "base", "prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
 DOWNSTREAM_OF_BASE = {"prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
-# base_source runs on every repro (it fingerprints a local model directory, cheaply); nothing else may.
-UP_TO_DATE = {"base_source": ["always changed"]}
+UP_TO_DATE = {}  # `dvc status --json` when nothing would run
 
 
 def ran(output: str) -> set[str]:
@@ -92,15 +91,16 @@ def test_repro_runs_every_stage_and_writes_outputs(reproduced, tmp_path):
 def test_second_repro_is_a_no_op(reproduced):
     project, _ = reproduced
     again = dvc("repro", cwd=project)
-    assert ran(again.stdout) == {"base_source"}
+    assert ran(again.stdout) == set()
     assert status(project) == UP_TO_DATE
-    assert run(["git", "status", "--porcelain"], cwd=project).stdout == ""  # base_source wrote the same bytes
+    assert dvc("status", "-q", cwd=project, check=False).returncode == 0  # what a CI check runs
+    assert run(["git", "status", "--porcelain"], cwd=project).stdout == ""
 
 
 def test_lr_experiment_reruns_only_what_lr_touches(reproduced):
     project, _ = reproduced
     experiment = dvc("exp", "run", "-S", "lr=2e-5", cwd=project)
-    assert ran(experiment.stdout) == {"base_source", "train", "evaluate", "merge", "report"}, experiment.stdout
+    assert ran(experiment.stdout) == {"check_params", "train", "evaluate", "merge", "report"}, experiment.stdout
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     changed = diff["metrics/eval.json"]
     assert "tuned.eval_loss" in changed and changed["tuned.eval_loss"]["diff"] != 0
@@ -115,7 +115,7 @@ def test_evaluate_param_reruns_evaluation_and_what_reports_it(reproduced):
     write_params(project, {"evaluate": {"max_new_tokens": 6}})
     result = dvc("repro", cwd=project)
     # merge too: the model card carries the evaluation's metrics
-    assert ran(result.stdout) == {"base_source", "evaluate_base", "evaluate", "merge", "report"}
+    assert ran(result.stdout) == {"check_params", "evaluate_base", "evaluate", "merge", "report"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     assert any(key.endswith("generated_tokens_mean") for key in diff.get("metrics/eval.json", {}))
     restore(project)
@@ -273,7 +273,7 @@ def test_pull_restores_everything_into_a_fresh_clone(reproduced, tmp_path, check
         assert tree_bytes(clone, path) == tree_bytes(project, path), path
     assert "models/checkpoints" not in output_paths(project)
     assert status(clone) == UP_TO_DATE
-    assert ran(dvc("repro", cwd=clone).stdout) == {"base_source"}
+    assert ran(dvc("repro", cwd=clone).stdout) == set()
     assert run(["git", "status", "--porcelain"], cwd=clone).stdout == ""
 
 
@@ -326,26 +326,28 @@ def test_edited_local_model_reruns_base_and_everything_after_it(reproduced, tmp_
     project = copy_repo(reproduced[0], tmp_path)
     local = tmp_path / "local_model"
     shutil.copytree(project / "models/base", local)  # a complete model directory (the tiny one)
-    write_params(project, {"model": {"base": str(local)}})
-    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base_source", "base"}
+    write_params(project, local_model_params(local))
+    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base"}
     # Downstream outputs would be the same bytes (same weights, same tokenizer): record them instead of
     # rerunning, so the lock is complete for the local model.
     dvc("commit", "-f", *DOWNSTREAM_OF_BASE, cwd=project)
 
-    unchanged = dvc("repro", cwd=project)  # the directory untouched: nothing but the fingerprint runs
-    assert ran(unchanged.stdout) == {"base_source"}
+    unchanged = dvc("repro", cwd=project)  # the directory untouched: nothing runs
+    assert ran(unchanged.stdout) == set()
     assert status(project) == UP_TO_DATE
+    assert dvc("status", "-q", cwd=project, check=False).returncode == 0
 
     config = local / "generation_config.json"
     edited = {**json.loads(config.read_text()), "repetition_penalty": 1.1}
     config.unlink()  # a copy of a read-only cache link
     config.write_text(json.dumps(edited))
-    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base_source", "base"}
-    assert ran(dvc("repro", "--dry", cwd=project).stdout) == {"base_source"} | DOWNSTREAM_OF_BASE
+    assert dvc("status", "-q", cwd=project, check=False).returncode == 1  # DVC itself sees the edit
+    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base"}
+    assert ran(dvc("repro", "--dry", cwd=project).stdout) == DOWNSTREAM_OF_BASE
 
 
 def tokenizer_files(base_dir, out) -> None:
-    """vocab.json + merges.txt (the files model.tiny.tokenizer reads) from a saved tokenizer.json."""
+    """vocab.json + merges.txt (the files model.tiny.tokenizer: local reads) from a saved tokenizer.json."""
     model = json.loads((base_dir / "tokenizer.json").read_text())["model"]
     out.mkdir()
     (out / "vocab.json").write_text(json.dumps(model["vocab"]))
@@ -357,13 +359,52 @@ def test_edited_tokenizer_directory_reruns_base(reproduced, tmp_path):
     project = copy_repo(reproduced[0], tmp_path)
     tokenizer = tmp_path / "tokenizer"
     tokenizer_files(project / "models/base", tokenizer)
-    write_params(project, {"model": {"tiny": {"tokenizer": str(tokenizer)}}})
-    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base_source", "base"}
+    write_params(project, local_model_params(tokenizer, tokenizer_only=True))
+    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base"}
     before = lock_entry(project, "base")["outs"]
 
-    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base_source"}  # untouched: base not rerun
+    assert ran(dvc("repro", "base", cwd=project).stdout) == set()  # untouched: base not rerun
 
     merges = tokenizer / "merges.txt"
     merges.write_text("".join(merges.read_text().splitlines(keepends=True)[:-20]))  # 20 merges fewer
-    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base_source", "base"}
+    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base"}
     assert lock_entry(project, "base")["outs"] != before  # a new models/base: everything after it reruns
+
+
+# ---------------------------------------------------------------- a refused param removes nothing
+
+def every_output(project) -> dict[str, str]:
+    """sha256 of every file of every output and metrics file dvc.lock records (models, data, metrics, report)."""
+    found = {}
+    for path in output_paths(project):
+        found |= tree_bytes(project, path)
+    return found
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("lr=-1", "lr must be > 0, got -1"),
+    ("model.quantization=9bit", "model.quantization must be one of 8bit, 4bit, none, got '9bit'"),
+])
+def test_a_refused_param_removes_nothing(reproduced, tmp_path, setting, message):
+    """check_params runs first (every stage depends on it): a bad -S stops DVC before it removes any output.
+
+    Negative control: the same run with check_params no dependency of train; DVC then removes train's outputs
+    before train refuses the param."""
+    project = copy_repo(reproduced[0], tmp_path)
+    before = every_output(project)
+    assert {"models/adapter/adapter_model.safetensors", "metrics/train.json", "metrics/report.html"} <= before.keys()
+    refused = dvc("exp", "run", "-S", setting, cwd=project, check=False)
+    assert refused.returncode != 0
+    assert f"check_params: error: params.yaml: 1 problem(s):\n  {message}" in refused.stdout + refused.stderr
+    assert ran(refused.stdout) == {"check_params"}
+    assert every_output(project) == before
+
+    restore(project)
+    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
+    pipeline["stages"]["train"]["deps"].remove("models/params_ok.json")
+    (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    key, value = setting.split("=")
+    change = {key: float(value)} if key == "lr" else {"model": {"quantization": value}}
+    write_params(project, change)
+    assert dvc("repro", "-s", "train", cwd=project, check=False).returncode != 0
+    assert not (project / "metrics/train.json").exists()  # the control: what the check prevents

@@ -81,6 +81,9 @@ BAD = [
     ({"model": {"quantization": 8}}, ["model"], ["model.quantization must be one of 8bit, 4bit, none, got 8"]),
     ({"model": {"quantization": None}}, ["model"], ["model.quantization must be one of 8bit, 4bit, none, got None"]),
     ({"model": {"base": ""}}, ["model"], ["model.base must not be empty"]),
+    ({"model": {"local_dir": ""}}, ["model"], ["model.local_dir must not be empty"]),
+    ({"evaluate": {"bootstrap_samples": 10}}, ["evaluate"],
+     ["evaluate.bootstrap_samples must be >= 100 (fewer give unsteady 95% bounds), got 10"]),
     ({"model": {"revision": ""}}, ["model"], ["model.revision must not be empty"]),
     ({"model": {"tiny": {"vocab_size": 100}}}, ["model"],
      ["model.tiny.vocab_size must be >= 300 (256 bytes + special tokens), got 100"]),
@@ -94,8 +97,7 @@ BAD = [
       "model.tiny.num_heads (3) must be divisible by num_kv_heads (2)"]),
     ({"model": {"tiny": {"num_kv_heads": 3}}}, ["model"],
      ["model.tiny.num_heads (4) must be divisible by num_kv_heads (3)"]),
-    ({"model": {"tiny": {"tokenizer": ""}}}, ["model"],
-     ["model.tiny.tokenizer must be bpe or a tokenizer directory, got ''"]),
+    ({"model": {"tiny": {"tokenizer": ""}}}, ["model"], ["model.tiny.tokenizer must be one of bpe, local, got ''"]),
     ({"model": {"tiny": {"seed": -5}}}, ["model"], ["model.tiny.seed must be in [0, 2**32), got -5"]),
     # train
     ({"train": {"epochs": 0}}, ["train"], ["train.epochs must be > 0, got 0"]),
@@ -543,3 +545,11 @@ def test_param_value_gives_sections_as_plain_dicts():
     model = pipeline.param_value(p, "model")
     assert type(model["tiny"]) is dict and model["tiny"]["vocab_size"] == 4096 and model["quantization"] == "8bit"
     assert pipeline.param_value(p, "lr") == 1e-5 and pipeline.param_value(p, "train.lora.r") == 8
+
+
+def test_a_directory_as_model_base_names_the_params_to_use(tmp_path):
+    with pytest.raises(config.ParamsError) as e:
+        config.parse({"model": {"base": str(tmp_path)}}, ["model"])
+    assert f"-S model.base=local -S model.local_dir={tmp_path}" in str(e.value)
+    assert config.parse({"model": {"base": "local", "local_dir": str(tmp_path)}}, ["model"]).model.base == "local"
+    assert config.parse({"model": {"base": "Qwen/Qwen2-0.5B-Instruct"}}, ["model"])  # a hub id is no directory

@@ -46,7 +46,6 @@ NOT_PARAMS_USE = {CONFIG_MODULE}
 # State a stage keeps outside DVC on purpose.
 OUTSIDE_DVC = {
     "models/checkpoints": "train's resumable checkpoints: cleared by train's own fingerprint, never pulled",
-    "models/.base_source_cache.json": "base_source's digest cache: only spares rereading unchanged files",
 }
 # The training settings the model card shows: model_card.hyperparameters shows the merge stage's params keys
 # under model_card.HYPERPARAMETER_KEYS, as dvc.yaml lists them (pipeline.stage_inputs), so dvc.yaml itself is
@@ -57,9 +56,14 @@ CARD_ONLY = ("lr", "train.epochs", "train.max_steps", "train.batch_size", "train
 # dvc.yaml entries that no code names (so removing them cannot be noticed from the code).
 NOT_IN_CODE = {
     ("ingest", "deps", "${data.path}"): "the input file is named by a param",
-    ("base", "deps", "models/base_source.json"): "orders base after base_source, which notices edits in a local model",
+    ("base", "deps", "${model.local_dir}"): "the local model directory is named by a param",
     **{("merge", "params", key): "shown in the model card, which lists what dvc.yaml lists" for key in CARD_ONLY},
 }
+# Every stage but check_params depends on its output, which no stage reads: it orders check_params first, so a
+# refused param stops `dvc repro` before DVC removes any output (test_every_stage_waits_for_check_params).
+PARAMS_OK = "models/params_ok.json"
+_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+NOT_IN_CODE |= {(name, "deps", PARAMS_OK): "orders check_params before it" for name in _STAGES if name != "check_params"}
 WRITER = re.compile(r"^(write|atomic_path$)")  # files.write_json, files.atomic_path, ...
 READER = re.compile(r"^(read|load)_?|^check_adapter$")  # pd.read_parquet, files.read_json, modeling.load_model...
 
@@ -272,6 +276,9 @@ def read_function(module: str, fn: ast.FunctionDef, given: dict[str, str]):
             roots[node.targets[0].id] = join(roots[parts[0]], parts[1:])
             consumed.add(id(node.value))  # an alias: what is read through it counts, not the alias itself
     loaded = {a.value for n in body if is_load(n) for a in n.args if isinstance(a, ast.Constant)}
+    # `config.load("train")` as a statement, its result unused: it validates, i.e. reads, every key of the section
+    validated = {a.value for n in body if isinstance(n, ast.Expr) and is_load(n.value) for a in n.value.args
+                 if isinstance(a, ast.Constant)}
     calls = []
     for call in (n for n in body if isinstance(n, ast.Call)):
         if (target := callee(module, call)) is None:
@@ -287,7 +294,7 @@ def read_function(module: str, fn: ast.FunctionDef, given: dict[str, str]):
             calls.append((target_module, target_fn.name, frozenset(handed.items())))
     inner = {id(n.value) for n in body if isinstance(n, ast.Attribute)}
     methods = {id(n.func) for n in body if isinstance(n, ast.Call)}  # value.model_dump(): reads value
-    keys = set()
+    keys = set(validated)
     for node in body:
         if isinstance(node, ast.Attribute) and id(node) not in inner | consumed:  # whole chains only
             parts = chain(node)
@@ -433,6 +440,22 @@ def test_a_removed_entry_is_noticed(stage, kind, entry):
              if any(covers(entry, word) for word in re.split(r"[\s,]+", p))
              or any(key_covers(entry, k) for k in re.findall(r"key (\S+)", p))]
     assert named, found
+
+
+def test_every_stage_waits_for_check_params():
+    """check_params validates all of params.yaml and every other stage depends on its output directly, so DVC
+    runs it first; its params are every section of params.yaml, so it reruns whenever any param changes."""
+    from finetune import config, paths
+
+    stages = pipeline()["stages"]
+    assert paths.PARAMS_OK == PARAMS_OK and PARAMS_OK in entries(stages["check_params"], "outs")
+    late = [name for name, spec in stages.items() if name != "check_params" and PARAMS_OK not in entries(spec, "deps")]
+    assert late == []
+    sections = set(yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert set(entries(stages["check_params"], "params")) == sections == set(config.Params.model_fields)
+    broken = copy.deepcopy(stages)  # negative control: a stage without the dep is found
+    broken["train"]["deps"].remove(PARAMS_OK)
+    assert [n for n, s in broken.items() if n != "check_params" and PARAMS_OK not in entries(s, "deps")] == ["train"]
 
 
 def test_not_in_code_entries_are_listed():

@@ -48,10 +48,13 @@ def test_lora_backward_on_quantized_base_on_cpu(tiny_base_64, tiny_tokenizer, qu
     assert any(g.abs().sum() > 0 for g in lora_grads)
 
 
-def test_not_a_model_directory(tmp_path):
+def test_not_a_model_directory(tmp_path, tiny_base):
     with pytest.raises(modeling.ModelError, match="has no config.json"):
-        modeling.resolve_pretrained(str(tmp_path), "main")
-    with pytest.raises(modeling.ModelError, match="neither an existing directory nor a hub id"):
+        modeling.local_model(tmp_path)
+    with pytest.raises(modeling.ModelError, match="is not a directory"):
+        modeling.local_model(tmp_path / "missing")
+    assert modeling.local_model(tiny_base) == {"kind": "local", "path": str(tiny_base.resolve())}  # control
+    with pytest.raises(modeling.ModelError, match="none of 'tiny', 'local' or a hub id"):
         modeling.resolve_pretrained("./no/such/dir", "main")
 
 

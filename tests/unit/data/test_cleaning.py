@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finetune import chat_format
-from finetune.data import cleaning, readers, schema, splitting
+from finetune.data import cleaning, identity, readers, schema, splitting
 from finetune.errors import DataError
 from frames import (assert_counts_add_up, frame_of, leaks, only_drop, output_chars, per_row, prompt_rows, rows_of,
                     same_prompt)
@@ -28,6 +28,7 @@ GOOD = ("Define APR.", "", "APR is the yearly cost of a loan.")
     (("Say hi.", "", None), "missing_output"),
     ((None, None, None), "missing_instruction"),  # counted once, under its first reason
     (("   ", "", "an answer"), "blank_instruction"),
+    (("?", "what is a bond", "an answer"), "blank_instruction"),  # normalises to "": no prompt
     (("Say hi.", "", ""), "blank_output"),
     (("Say hi.", "", " \t\n\u3000"), "blank_output"),
     (("Say hi.", "", "\x1c\x85"), "blank_output"),  # Python's whitespace, not only ASCII's
@@ -187,7 +188,7 @@ def reference_problem(instruction, input_text, output) -> str | None:
         return "missing_instruction"
     if output is None:
         return "missing_output"
-    if not instruction.strip():
+    if not instruction.strip() or not identity.normalise(instruction):  # "?" normalises to "": no prompt
         return "blank_instruction"
     if not output.strip():
         return "blank_output"

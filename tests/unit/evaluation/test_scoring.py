@@ -233,3 +233,20 @@ def test_response_metrics_never_builds_batch_by_vocab_logits(lively_model, tiny_
         hook.remove()
     assert 1 < chunk < 8 and len(seen) > 10
     assert all(len(shape) == 2 and shape[0] <= chunk for shape in seen), seen[:3]
+
+
+def test_per_row_results_are_the_same_in_one_chunk_or_many(lively_model, tiny_tokenizer):
+    """A chunk of 3 tokens splits every response (and crosses rows): per-row sums and the totals equal one chunk's,
+    and each row's sums are that row's own (scored alone)."""
+    conversations = chat_format.conversations(raw_rows(8))
+    one = scoring.response_rows(lively_model, tiny_tokenizer, conversations, 4, 512, chunk=10**6)
+    many = scoring.response_rows(lively_model, tiny_tokenizer, conversations, 4, 512, chunk=3)
+    assert max(one["tokens"]) > 3 and one["tokens"] == many["tokens"] and one["correct"] == many["correct"]
+    for key in ("nll", "entropy"):
+        assert many[key] == pytest.approx(one[key], rel=1e-5), key
+    alone = [scoring.response_rows(lively_model, tiny_tokenizer, [c], 1, 512, chunk=3) for c in conversations[:3]]
+    assert [a["nll"][0] for a in alone] == pytest.approx(many["nll"][:3], rel=1e-5)
+    assert len(set(one["nll"])) == len(conversations)  # control: rows differ, so a mix-up would show
+    totals = scoring.summarize_stats(scoring.total_of(many))
+    assert totals["eval_loss"] == pytest.approx(sum(one["nll"]) / sum(one["tokens"]), rel=1e-6)
+    assert totals == scoring.response_metrics(lively_model, tiny_tokenizer, conversations, 4, 512, chunk=3)
