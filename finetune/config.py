@@ -66,7 +66,16 @@ class DataParams(_Section):
     path: str = Field("data/raw/finance_alpaca.parquet", min_length=1)
     """Input file (.parquet, .csv, .json, .jsonl), absolute or relative to the repo root."""
     extra_columns: Literal["drop", "keep"] = "drop"
-    """Columns besides instruction/input/output: drop them, or keep them unchanged."""
+    """Columns besides instruction/input/output: drop them, or keep them unchanged (alpaca format only)."""
+    format: Literal["auto", "alpaca", "messages", "sharegpt"] = "auto"
+    """auto: decided from the columns (and printed); alpaca: instruction/input/output rows; messages: OpenAI-style
+    [{role, content}] conversations; sharegpt: [{from, value}] conversations (human -> user, gpt -> assistant)."""
+    columns: dict[Literal["instruction", "input", "output", "messages"], Name] = Field(default_factory=dict)
+    """Your column names, for the alpaca columns (e.g. {instruction: question, input: context, output: answer})
+    and for the conversation column (messages: the column holding the turns, default messages / conversations)."""
+    split: str = ""
+    """For a folder holding several splits (train-00000-of-00002.parquet, test.jsonl, a saved DatasetDict): the
+    one to read; empty: the only one there (an error lists them when there are several)."""
 
 
 class PrepareParams(_Section):
@@ -398,6 +407,9 @@ def _bound(field: FieldInfo) -> str:
 def _must_be(kind: Any) -> str:
     if typing.get_origin(kind) is Literal:
         return "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else c for c in typing.get_args(kind))
+    if typing.get_origin(kind) is dict:  # data.columns: names from a fixed set -> non-empty names
+        keys = ", ".join(typing.get_args(typing.get_args(kind)[0]))
+        return f"a mapping from {keys} to your column names"
     return {int: "a whole number", float: "a number", bool: "true or false", str: "text",
             list: "a list of names"}[typing.get_origin(kind) or kind]
 
