@@ -9,8 +9,9 @@ same answers: duplicate; other answers: conflicting_output), and all of them lan
 
 from __future__ import annotations
 
+import itertools
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,7 @@ def row_problem(messages: list[dict]) -> str | None:
     if any(turn["role"] == "system" for turn in messages[1:]):
         return "system_not_first"
     sides = [turn["role"] for turn in messages if turn["role"] != "system"]
-    if any(a == b for a, b in zip(sides, sides[1:])):
+    if any(a == b for a, b in itertools.pairwise(sides)):
         return "same_side_twice"
     if "assistant" not in sides:
         return "no_assistant_turn"
