@@ -185,7 +185,8 @@ class TrainParams(_Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (where bf16 is ~10x slower)."""
     completion_only_loss: bool = True
-    """True: loss on the response only; False: on the whole chat text, as the reference did."""
+    """True: the loss on the response only (on every assistant turn of a conversation); False: on the whole chat text, as
+    the reference did."""
     padding_free: bool = True
     """True: a micro-batch is its examples end to end, attention kept per example, no compute on padding (1.3-1.4x
     tokens/s on CPU, same loss); padded anyway when prepare.too_long is truncate. False: padded (reference)."""
