@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -40,7 +42,11 @@ def to_conversation(instruction: str, input_text: str, output: str) -> dict:
 
 
 def conversations(frame) -> list[dict]:
-    """Every row of an Alpaca frame (instruction/input/output, missing input as "") as a conversation."""
+    """Every row of an Alpaca frame (instruction/input/output, missing input as "") as a conversation; of a
+    conversation frame (a `messages` column) as its history before the last assistant turn, that turn, and the
+    whole (last_turn_split)."""
+    if "messages" in frame.columns:
+        return [last_turn_split(json.loads(text)) for text in frame["messages"]]
     rows = frame.astype(object).where(frame.notna(), "")
     return [to_conversation(r["instruction"], r["input"], r["output"]) for r in rows.to_dict("records")]
 
@@ -109,6 +115,9 @@ def token_lengths(tokenizer, frame: pd.DataFrame, fits: int | None = None, batch
     With `fits`, a row that provably has at most that many tokens is not tokenized and gets an upper
     bound (<= fits) instead: with a byte-level BPE, an ASCII text of b bytes has at most b tokens.
     """
+    if "messages" in frame.columns:  # conversations: every turn, as training tokenizes them
+        return np.array([len(encode_conversation(tokenizer, json.loads(t))[0]) for t in frame["messages"]],
+                        dtype=np.int64)
     parts = template_parts(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     bounded = fits is not None and _one_byte_per_token(tokenizer)
