@@ -11,8 +11,8 @@ def main() -> None:
     frame, source = readers.read_data(d.path, d.split)
     canonical, fmt = formats.canonical(frame, source, d.format, d.columns, d.extra_columns)
     files.write_parquet(paths.INGESTED, canonical)
-    chosen = f"format {fmt}" + (" (auto: from the columns)" if d.format == "auto" else "")
-    print(f"ingest: {len(canonical)} rows from {source}, {chosen} -> {paths.INGESTED}")
+    print(f"ingest: format {fmt}" + (" (data.format auto: from the columns)" if d.format == "auto" else ""))
+    print(f"ingest: {len(canonical)} rows from {source} -> {paths.INGESTED}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
-
 from helpers import REPO
+
 from finetune import paths
 
 REFUSED = {  # reason -> turns (OpenAI roles; ShareGPT files map them back)

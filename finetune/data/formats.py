@@ -30,8 +30,8 @@ def is_conversations(frame: pd.DataFrame) -> bool:
 
 
 def detect(frame: pd.DataFrame, columns: dict[str, str]) -> str:
-    """The format of `frame` from its columns: alpaca when its (mapped) instruction and output are there, else
-    a conversation format from the keys of the first turn of the (mapped or usual) conversation column."""
+    """The format of `frame` from its columns: a conversation format when the (mapped or usual) conversation
+    column is there, by the keys of its first turn; else alpaca (whose missing columns schema then names)."""
     names = {str(c) for c in frame.columns}
     if {columns.get("instruction", "instruction"), columns.get("output", "output")} <= names:
         return "alpaca"
@@ -39,12 +39,11 @@ def detect(frame: pd.DataFrame, columns: dict[str, str]) -> str:
         column = columns.get("messages", TURNS[fmt][0])
         if column in names:
             first = _first_turn(frame[column])
-            if first is None or {TURNS[fmt][1], TURNS[fmt][2]} <= set(first):
-                return fmt
             other = "sharegpt" if fmt == "messages" else "messages"
-            if {TURNS[other][1], TURNS[other][2]} <= set(first):
+            if first is not None and {TURNS[other][1], TURNS[other][2]} <= set(first):
                 return other
-    return ""
+            return fmt
+    return "alpaca"
 
 
 def _first_turn(values: pd.Series) -> dict | None:
@@ -61,17 +60,13 @@ def canonical(frame: pd.DataFrame, source: str, fmt: str, columns: dict[str, str
     if frame.empty:
         raise DataError(f"{source}: no rows")
     chosen = detect(frame, columns) if fmt == "auto" else fmt
-    if not chosen:
-        found = ", ".join(map(str, frame.columns)) or "(none)"
-        raise DataError(f"{source}: cannot tell the format from the columns (found: {found}); expected alpaca "
-                        f"(instruction, output, optional input), messages (a messages column of role/content turns) "
-                        f"or sharegpt (a conversations column of from/value turns); name yours with data.columns")
     if chosen == "alpaca":
-        return alpaca(frame, source, columns, extra_columns), chosen
+        return alpaca(frame, source, columns, extra_columns, named=fmt == "alpaca"), chosen
     return conversations(frame, source, chosen, columns), chosen
 
 
-def alpaca(frame: pd.DataFrame, source: str, columns: dict[str, str], extra_columns: str) -> pd.DataFrame:
+def alpaca(frame: pd.DataFrame, source: str, columns: dict[str, str], extra_columns: str,
+           named: bool = True) -> pd.DataFrame:
     """Alpaca rows under the user's column names -> schema.canonicalize (no mapping: exactly as before)."""
     mapping = {theirs: ours for ours, theirs in columns.items() if ours != MESSAGES}
     if mapping:
@@ -88,7 +83,10 @@ def alpaca(frame: pd.DataFrame, source: str, columns: dict[str, str], extra_colu
     try:
         return schema.canonicalize(frame, source, extra_columns)
     except DataError as e:
-        raise DataError(f"{e} (format alpaca)") from None
+        if named:
+            raise DataError(f"{e} (format alpaca)") from None
+        raise DataError(f"{e} (format alpaca, chosen by data.format auto: no messages / conversations column; "
+                        f"another name goes in data.columns)") from None
 
 
 def conversations(frame: pd.DataFrame, source: str, fmt: str, columns: dict[str, str]) -> pd.DataFrame:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
-
 import chats
-from finetune import files, paths
+import pandas as pd
 from helpers import dvc, make_project, run, stage
+
+from finetune import files, paths
 
 
 def test_messages_and_sharegpt_files_run_end_to_end(tmp_path):

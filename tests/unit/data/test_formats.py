@@ -64,7 +64,8 @@ def test_alpaca_under_other_names_is_mapped(tmp_path):
     assert chosen == "alpaca"
     assert frame.to_dict("records") == [{"instruction": "What is APR?", "input": "loans", "output": "A rate."}]
     # control: without the mapping nothing says what the columns are
-    with pytest.raises(DataError, match=r"qa.jsonl: cannot tell the format .*found: question, context, answer"):
+    with pytest.raises(DataError, match=r"qa.jsonl: required column\(s\) instruction, output missing; found: question, "
+                                        r"context, answer \(format alpaca, chosen by data.format auto"):
         ingest(path)
     with pytest.raises(DataError, match=r"required column\(s\) instruction, output missing.*\(format alpaca\)"):
         ingest(path, fmt="alpaca")
@@ -73,7 +74,7 @@ def test_alpaca_under_other_names_is_mapped(tmp_path):
 def test_mapped_conversation_column(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", [{"dialog": CHAT}])
     assert ingest(path, columns={"messages": "dialog"})[1] == "messages"
-    with pytest.raises(DataError, match=r"c.jsonl: cannot tell the format .*found: dialog"):
+    with pytest.raises(DataError, match=r"c.jsonl: required column\(s\) instruction, output missing; found: dialog"):
         ingest(path)
 
 

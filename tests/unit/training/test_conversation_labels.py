@@ -3,6 +3,7 @@ trainer makes (sft.dataset, sft.sft_config, TRL's preparation and collator), pad
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pandas as pd
@@ -51,7 +52,7 @@ def labelled(batch) -> list[list[int]]:
     if positions is None:
         return [(row[mask.bool()] != -100).int().tolist() for row, mask in zip(labels, batch["attention_mask"])]
     starts = (positions[0] == 0).nonzero().flatten().tolist() + [labels.shape[1]]
-    return [(labels[0, a:b] != -100).int().tolist() for a, b in zip(starts, starts[1:])]
+    return [(labels[0, a:b] != -100).int().tolist() for a, b in itertools.pairwise(starts)]
 
 
 @pytest.mark.parametrize("padding_free", [True, False], ids=["padding-free", "padded"])
