@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -40,7 +42,11 @@ def to_conversation(instruction: str, input_text: str, output: str) -> dict:
 
 
 def conversations(frame) -> list[dict]:
-    """Every row of an Alpaca frame (instruction/input/output, missing input as "") as a conversation."""
+    """Every row of an Alpaca frame (instruction/input/output, missing input as "") as a conversation; of a
+    conversation frame (a `messages` column) as its history before the last assistant turn, that turn, and the
+    whole (last_turn_split)."""
+    if "messages" in frame.columns:
+        return [last_turn_split(json.loads(text)) for text in frame["messages"]]
     rows = frame.astype(object).where(frame.notna(), "")
     return [to_conversation(r["instruction"], r["input"], r["output"]) for r in rows.to_dict("records")]
 
@@ -109,6 +115,9 @@ def token_lengths(tokenizer, frame: pd.DataFrame, fits: int | None = None, batch
     With `fits`, a row that provably has at most that many tokens is not tokenized and gets an upper
     bound (<= fits) instead: with a byte-level BPE, an ASCII text of b bytes has at most b tokens.
     """
+    if "messages" in frame.columns:  # conversations: every turn, as training tokenizes them
+        return np.array([len(encode_conversation(tokenizer, json.loads(t))[0]) for t in frame["messages"]],
+                        dtype=np.int64)
     parts = template_parts(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     bounded = fits is not None and _one_byte_per_token(tokenizer)
@@ -134,3 +143,50 @@ def token_lengths(tokenizer, frame: pd.DataFrame, fits: int | None = None, batch
             counts = [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
         lengths[start + todo] = counts
     return lengths
+
+
+# ---------------------------------------------------------------- conversations: every assistant turn labelled
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """(the conversation as the chat template renders it, each assistant turn's (start, end) in that text).
+
+    Derived from the template itself, not from markers: a turn starts where the conversation before it, rendered
+    with the generation prompt, ends, and ends where the conversation up to it ends; so it covers the turn's text
+    and whatever the template closes a turn with (<|im_end|> and its newline for ChatML), as TRL's completion
+    mask covers an Alpaca answer. A template that renders earlier turns differently once more follow (one that
+    drops past reasoning, say) has no such spans: ValueError."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, turn in enumerate(messages):
+        if turn["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (text.startswith(upto) and upto.startswith(before)):
+            raise ValueError(f"the chat template renders turns before assistant turn {i + 1} differently once later "
+                             "turns follow: no span of the text is that turn's alone")
+        spans.append((len(before), len(upto)))
+    return text, spans
+
+
+def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int], list[int]]:
+    """(input_ids, assistant mask: 1 on every assistant turn's tokens, each turn's end as a token count).
+
+    The text is tokenized once, as TRL does (no special tokens added); a token is an assistant token when it
+    starts inside an assistant span. ends[k]: tokens up to the end of the k-th assistant turn, so a prefix of
+    the conversation cut after that turn is input_ids[:ends[k]]."""
+    text, spans = assistant_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = np.array([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
+    mask = np.zeros(len(starts), dtype=np.int64)
+    ends = []
+    for begin, end in spans:
+        mask[(starts >= begin) & (starts < end)] = 1
+        ends.append(int((starts < end).sum()))
+    return list(encoded["input_ids"]), mask.tolist(), ends
+
+
+def last_turn_split(messages: list[dict]) -> dict:
+    """TRL's prompt-completion shape for evaluation: the history before the last assistant turn, and that turn."""
+    last = max(i for i, turn in enumerate(messages) if turn["role"] == "assistant")
+    return {"prompt": messages[:last], "completion": [messages[last]], "messages": messages[: last + 1]}

@@ -66,7 +66,16 @@ class DataParams(_Section):
     path: str = Field("data/raw/finance_alpaca.parquet", min_length=1)
     """Input file (.parquet, .csv, .json, .jsonl), absolute or relative to the repo root."""
     extra_columns: Literal["drop", "keep"] = "drop"
-    """Columns besides instruction/input/output: drop them, or keep them unchanged."""
+    """Columns besides instruction/input/output: drop them, or keep them unchanged (alpaca format only)."""
+    format: Literal["auto", "alpaca", "messages", "sharegpt"] = "auto"
+    """auto: decided from the columns (and printed); alpaca: instruction/input/output rows; messages: OpenAI-style
+    [{role, content}] conversations; sharegpt: [{from, value}] conversations (human -> user, gpt -> assistant)."""
+    columns: dict[Literal["instruction", "input", "output", "messages"], Name] = Field(default_factory=dict)
+    """Your column names, for the alpaca columns (e.g. {instruction: question, input: context, output: answer})
+    and for the conversation column (messages: the column holding the turns, default messages / conversations)."""
+    split: str = ""
+    """For a folder holding several splits (train-00000-of-00002.parquet, test.jsonl, a saved DatasetDict): the
+    one to read; empty: the only one there (an error lists them when there are several)."""
 
 
 class PrepareParams(_Section):
@@ -199,7 +208,8 @@ class TrainParams(_Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU (where bf16 is ~10x slower)."""
     completion_only_loss: bool = True
-    """True: loss on the response only; False: on the whole chat text, as the reference did."""
+    """True: the loss on the response only (on every assistant turn of a conversation); False: on the whole chat text, as
+    the reference did."""
     gradient_checkpointing: bool = False
     """True cuts activation memory (longer sequences on a 6-8 GB card) at ~30% more time."""
     save_steps: int = Field(200, ge=1)
@@ -417,6 +427,9 @@ def _bound(field: FieldInfo) -> str:
 def _must_be(kind: Any) -> str:
     if typing.get_origin(kind) is Literal:
         return "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else c for c in typing.get_args(kind))
+    if typing.get_origin(kind) is dict:  # data.columns: names from a fixed set -> non-empty names
+        keys = ", ".join(typing.get_args(typing.get_args(kind)[0]))
+        return f"a mapping from {keys} to your column names"
     return {int: "a whole number", float: "a number", bool: "true or false", str: "text",
             list: "a list of names"}[typing.get_origin(kind) or kind]
 

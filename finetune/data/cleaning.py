@@ -204,7 +204,7 @@ class _Picker:
 
     def _measure(self, at: np.ndarray) -> np.ndarray:
         rows = self.rows.iloc[at]
-        keys = list(zip(*(rows[c].tolist() for c in ("instruction", "input", "output"))))
+        keys = list(zip(*(rows[c].tolist() for c in self.rows.columns)))  # Alpaca: instruction, input, output
         new = [k for k, key in enumerate(keys) if key not in self.known]
         if new:
             measured = self.lengths(rows.iloc[new].reset_index(drop=True))

@@ -1,4 +1,6 @@
-"""Reading the user's file: parquet / csv / json (a list of records) / jsonl, by extension, as object columns."""
+"""Reading the user's data: a parquet / csv / json (a list of records) / jsonl file, by extension, as object
+columns; or a folder: shards of one split or several (data/train-00000-of-00002.parquet, test.jsonl), or a
+`datasets` save_to_disk Dataset / DatasetDict."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import csv
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,75 @@ if TYPE_CHECKING:
     import pandas as pd
 
 READERS = (".parquet", ".csv", ".json", ".jsonl")
+# A shard's split: its file name without the shard number (train-00000-of-00002.parquet -> train), as the
+# hub's parquet exports and `hf download --repo-type dataset` name them.
+_SHARD = re.compile(r"^(?P<split>.+?)(?:[-_]\d+(?:-of-\d+)?)?$")
+
+
+def read_data(path: str | os.PathLike, split: str = "") -> tuple[pd.DataFrame, str]:
+    """A file (read_any) or a folder (read_folder): (the rows, what was read, for messages)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_folder(path, split)
+    return read_any(path), str(path)
+
+
+def read_folder(folder: Path, split: str = "") -> tuple[pd.DataFrame, str]:
+    """A save_to_disk dataset (datasets.load_from_disk), or the data files under `folder` grouped by split.
+
+    `split` picks one where there are several; empty: the only one. Every shard of a split is read and the
+    rows concatenated in file-name order (train-00000 before train-00001)."""
+    import pandas as pd
+
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        return _saved_dataset(folder, split)
+    splits: dict[str, list[Path]] = {}
+    for file in sorted(folder.rglob("*")):
+        if file.is_file() and file.suffix.lower() in READERS and not any(p.startswith(".") for p in
+                                                                          file.relative_to(folder).parts):
+            splits.setdefault(_SHARD.match(file.stem.lower())["split"], []).append(file)
+    if not splits:
+        raise DataError(f"{folder}: a folder with no data files ({', '.join(READERS)}) and no save_to_disk dataset")
+    name = _pick(folder, split, sorted(splits))
+    shards = splits[name]
+    kinds = sorted({f.suffix.lower() for f in shards})
+    if len(kinds) > 1:
+        raise DataError(f"{folder}: split {name!r} mixes file types ({', '.join(kinds)}); keep one")
+    frames = [read_any(f) for f in shards]
+    columns = [list(f.columns) for f in frames]
+    for file, names in zip(shards[1:], columns[1:]):
+        if names != columns[0]:
+            raise DataError(f"{file}: columns {names} differ from {shards[0]}'s {columns[0]}")
+    where = f"{folder} (split {name!r}: {len(shards)} file(s))"
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0], where
+
+
+def _pick(folder: Path, split: str, found: list[str]) -> str:
+    if split:
+        if split not in found:
+            raise DataError(f"{folder}: no split {split!r} (data.split); splits found: {', '.join(found)}")
+        return split
+    if len(found) > 1:
+        raise DataError(f"{folder}: several splits ({', '.join(found)}); set data.split to one of them")
+    return found[0]
+
+
+def _saved_dataset(folder: Path, split: str) -> tuple[pd.DataFrame, str]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as e:  # datasets raises several types for a damaged folder
+        raise DataError(f"{folder}: not a readable save_to_disk dataset ({e})") from e
+    where = str(folder)
+    if isinstance(loaded, datasets.DatasetDict):
+        name = _pick(folder, split, sorted(loaded))
+        loaded, where = loaded[name], f"{folder} (split {name!r})"
+    elif split:
+        raise DataError(f"{folder}: a single saved dataset has no splits, but data.split is {split!r}; set it to \"\"")
+    if not len(loaded):
+        raise DataError(f"{where}: no rows")
+    return _frame(loaded.to_list()), where
 
 
 def read_any(path: str | os.PathLike) -> pd.DataFrame:

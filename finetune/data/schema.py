@@ -25,7 +25,7 @@ def check_columns(frame: pd.DataFrame, source: str) -> None:
     for name in missing:
         close = difflib.get_close_matches(name, [str(c) for c in frame.columns], n=1, cutoff=0.6)
         if close:
-            hints.append(f"{close[0]!r} looks like {name!r} but columns are never renamed")
+            hints.append(f"{close[0]!r} looks like {name!r} but columns are never renamed")  # unless data.columns
     hint = f" ({'; '.join(hints)})" if hints else ""
     raise DataError(f"{source}: required column(s) {', '.join(missing)} missing; found: {found}{hint}")
 

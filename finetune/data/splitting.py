@@ -24,12 +24,14 @@ def split_sizes(prompts_sampled: int, test_fraction: float, val_fraction: float)
     return prompts_sampled - n_val - n_test, n_val, n_test
 
 
-def sample_and_split(frame: pd.DataFrame, n: int, test_fraction: float, val_fraction: float, seed: int):
+def sample_and_split(frame: pd.DataFrame, n: int, test_fraction: float, val_fraction: float, seed: int,
+                     identities=None):
     """The first n prompts in draw order, split (train, val, test): no prompt in two splits.
 
-    Rows with the same prompt identity (identity.prompt_identity) go to the same split.
+    Rows with the same prompt identity (identity.prompt_identity, or `identities` given per row: a
+    conversation's) go to the same split.
     """
-    group, keys = identity.factorize(identity.prompt_identities(frame))
+    group, keys = identity.factorize(identity.prompt_identities(frame) if identities is None else identities)
     draw = np.argsort(draw_keys(keys, seed), kind="stable")[:n]
     if len(draw) < MIN_PROMPTS:
         raise DataError(f"{len(draw)} prompt(s) to split (prepare.n {n}, {len(keys)} distinct); need at least "

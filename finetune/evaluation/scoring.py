@@ -11,6 +11,8 @@ import math
 import torch
 from tqdm import tqdm
 
+from finetune import chat_format
+
 # Memory for one chunk of response tokens' logits and their fp32 temporaries: the output layer is applied
 # a chunk at a time, so scoring never holds [batch, length, vocab] logits (2.4 GB for Qwen2's 151,936-token
 # vocabulary at batch 16), whatever the batch size and vocabulary.
@@ -75,7 +77,11 @@ def summarize_stats(total: dict) -> dict:
 
 
 def encode_example(tokenizer, conversation: dict, max_length: int) -> tuple[list[int], list[int]]:
-    """input_ids and labels with the prompt masked (-100), as TRL's completion-only loss sees them."""
+    """input_ids and labels with the prompt masked (-100), as TRL's completion-only loss sees them; for a
+    conversation (a "messages" key) every assistant turn labelled, as training labels it."""
+    if "messages" in conversation:
+        ids, mask, _ = chat_format.encode_conversation(tokenizer, conversation["messages"])
+        return ids[:max_length], [t if m else -100 for t, m in zip(ids, mask)][:max_length]
     prompt_ids = _ids(tokenizer.apply_chat_template(conversation["prompt"], tokenize=True, add_generation_prompt=True))
     full_ids = _ids(tokenizer.apply_chat_template(conversation["prompt"] + conversation["completion"], tokenize=True))
     prefix = 0

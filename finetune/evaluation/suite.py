@@ -29,7 +29,8 @@ def evaluate_rows(model, tokenizer, test: pd.DataFrame, cfg, max_length: int) ->
     sampled = (generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens, True, cfg.temperature, cfg.seed)
                if cfg.do_sample else [None] * len(chosen))
     outputs = [
-        {"row": i, "prompt": c["prompt"][0]["content"], "reference": ref, "greedy": g["text"],
+        # prompt: the last turn before the answer (a conversation's history is longer; an Alpaca prompt is one turn)
+        {"row": i, "prompt": c["prompt"][-1]["content"], "reference": ref, "greedy": g["text"],
          "stopped": g["stopped"], **({"sampled": s["text"]} if s else {})}
         for i, c, ref, g, s in zip(picked, chosen, references, greedy, sampled)
     ]

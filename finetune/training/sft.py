@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -31,10 +32,20 @@ from finetune.training import checkpoints, compat, distributed
 STAGE = "train"  # run_id covers this dvc.yaml stage's deps and params: one list of train's inputs
 
 
-def dataset(frame: pd.DataFrame):
+def dataset(frame: pd.DataFrame, tokenizer=None, completion_only_loss: bool = True):
+    """Alpaca rows: TRL's conversational prompt-completion rows (TRL masks the prompt). Conversations (a
+    `messages` column): pre-tokenized rows, input_ids with the model's chat template and assistant_masks on every
+    assistant turn (chat_format.encode_conversation), from which TRL builds the labels; without
+    completion_only_loss, input_ids alone (loss on every token, the reference's choice)."""
     from datasets import Dataset
 
-    return Dataset.from_list(chat_format.conversations(frame))
+    if "messages" not in frame.columns:
+        return Dataset.from_list(chat_format.conversations(frame))
+    encoded = [chat_format.encode_conversation(tokenizer, json.loads(text)) for text in frame["messages"]]
+    columns = {"input_ids": [ids for ids, _, _ in encoded]}
+    if completion_only_loss:
+        columns["assistant_masks"] = [mask for _, mask, _ in encoded]
+    return Dataset.from_dict(columns)
 
 
 def padding_free(p: config.Params) -> bool:
@@ -203,8 +214,8 @@ def build(p: config.Params) -> TrainingRun:
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=dataset(pd.read_parquet(paths.TRAIN_DATA)),
-        eval_dataset=dataset(pd.read_parquet(paths.VAL_DATA)),
+        train_dataset=dataset(pd.read_parquet(paths.TRAIN_DATA), tokenizer, p.train.completion_only_loss),
+        eval_dataset=dataset(pd.read_parquet(paths.VAL_DATA), tokenizer, p.train.completion_only_loss),
         processing_class=tokenizer,
         peft_config=lora_config(p.train),
         callbacks=[compat.step_aligned_dvclive()(live=live)],

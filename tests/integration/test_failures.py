@@ -20,6 +20,8 @@ from helpers import make_project, stage, write_params
 
 WATCHED = ("data/interim", "data/processed", "metrics", "models")
 INTERIM = "data/interim/ingested.parquet"
+AUTO = (" (format alpaca, chosen by data.format auto: no messages / conversations column; another name goes in "
+        "data.columns)")
 
 # Bad input files, relative to the project root; written once by the fixture.
 BAD_FILES: dict[str, bytes] = {
@@ -100,11 +102,11 @@ CASES = [
     Case("ingest-empty", "ingest", data_path("data/bad/empty.csv"),
          "data/bad/empty.csv: file is empty", "data/bad/empty.csv"),
     Case("ingest-no-output-column", "ingest", data_path("data/bad/no_output.csv"),
-         "data/bad/no_output.csv: required column(s) output missing; found: instruction, input, answer",
+         "data/bad/no_output.csv: required column(s) output missing; found: instruction, input, answer" + AUTO,
          "data/bad/no_output.csv"),
     Case("ingest-Output-column", "ingest", data_path("data/bad/capital_output.csv"),
          "data/bad/capital_output.csv: required column(s) output missing; found: instruction, input, Output "
-         "('Output' looks like 'output' but columns are never renamed)", "data/bad/capital_output.csv"),
+         "('Output' looks like 'output' but columns are never renamed)" + AUTO, "data/bad/capital_output.csv"),
     Case("ingest-jsonl-line-3", "ingest", data_path("data/bad/bad_line.jsonl"),
          "data/bad/bad_line.jsonl: line 3 is not valid JSON (Expecting value)", "data/bad/bad_line.jsonl"),
     Case("ingest-not-utf8", "ingest", data_path("data/bad/latin1.csv"),
