@@ -19,10 +19,11 @@ CHAT = [{"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You are welcome."}]
 
 
-def trainer_batch(tiny_base, out_dir, rows, **train_params):
+def trainer_batch(tiny_base, out_dir, rows, padding_free=True, **train_params):
     from trl import SFTTrainer
 
-    raw = {"train": {"eval_steps": 0, "batch_size": len(rows), "grad_accum": 1, **train_params},
+    raw = {"train": {"eval_steps": 0, "batch_size": len(rows), "grad_accum": 1,
+                     "speed": {"padding_free": padding_free}, **train_params},
            "model": {"quantization": "none"}}
     p = config.parse(raw, ["lr", "prepare", "model", "train"])
     args = sft.sft_config(p, torch.float32)
