@@ -32,8 +32,12 @@ def sources(cfg: config.ModelParams, known: dict | None = None, seen: dict | Non
     watched = {"model.base": cfg.base}
     if cfg.base == "tiny":  # the tiny model's tokenizer: 'bpe' (trained here) or a directory
         watched["model.tiny.tokenizer"] = cfg.tiny.tokenizer
-    return {key: fingerprint(directory, known, seen) if (directory := local_dir(value)) else value
-            for key, value in watched.items()}
+    found = {key: fingerprint(directory, known, seen) if (directory := local_dir(value)) else value
+             for key, value in watched.items()}
+    template = Path(cfg.chat_template).expanduser()
+    if cfg.chat_template not in ("auto", "chatml") and template.is_file():  # a .jinja file: its content
+        found["model.chat_template"] = fingerprint(template.resolve(), known, seen)
+    return found
 
 
 def read_cache() -> dict:
