@@ -53,6 +53,11 @@ def stage(name: str, cwd: Path, check: bool = True, extra_env: dict | None = Non
     return run([sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, check=check, extra_env=extra_env)
 
 
+def local_model_params(directory: Path) -> dict:
+    """The params that point model.base at a local model directory: the one place tests say how."""
+    return {"model": {"base": str(directory)}}
+
+
 def write_params(project: Path, changes: dict) -> None:
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
