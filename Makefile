@@ -41,7 +41,7 @@ bench: setup
 # The whole pipeline on a random Qwen2-0.5B-architecture model with the real tokenizer (~5 min on
 # 2 CPU cores): run it after changing train, evaluate, merge or model loading.
 check-real: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.check_real
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.check_real --family $(or $(FAMILY),qwen2)  # make check-real FAMILY=llama
 
 clean-venv:
 	rm -rf $(VENV)

@@ -36,6 +36,18 @@ QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, 
 SHIPPED_GENERATION = dict(bos_token_id=151643, pad_token_id=151643, do_sample=True, eos_token_id=[151645, 151643],
                           repetition_penalty=1.1, temperature=0.7, top_p=0.8, top_k=20)
 SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+# --family llama: Llama-3.2-1B's layout scaled to ~0.5B (hidden 1024, 16 layers, 16 heads, 8 KV heads, intermediate
+# 4096, tied embeddings, rope theta 5e5) on the Qwen2 vocabulary plus Llama-3's special tokens and chat template
+# (no ChatML marker in it), eos <|eot_id|>, no pad token, generation_config eos [<|eot_id|>, <|end_of_text|>].
+LLAMA_05B = dict(hidden_size=1024, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8,
+                 intermediate_size=4096, tie_word_embeddings=True, rope_theta=5e5, max_position_embeddings=8192,
+                 rms_norm_eps=1e-5)
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+LLAMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
 
 # A handful of rows and steps: about 9 tokens/s of training on a 2-core CPU.
 CPU_PARAMS = {
@@ -75,7 +87,39 @@ def build_model_dir(out: Path) -> dict:
     return {"parameters": sum(p.numel() for p in model.parameters()), "special_ids": ids}
 
 
-def check_outputs(project: Path) -> list[str]:
+def build_llama_dir(out: Path) -> dict:
+    """A random Llama-architecture ~0.5B model on the Qwen2 vocabulary + Llama-3's special tokens and template."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Tokenizer,
+    )
+
+    tokenizer = Qwen2Tokenizer(vocab=str(common.QWEN2_TOKENIZER / "vocab.json"),
+                               merges=str(common.QWEN2_TOKENIZER / "merges.txt"),
+                               unk_token=None, bos_token=None, eos_token=None, pad_token=None)
+    tokenizer.add_special_tokens({"additional_special_tokens": LLAMA_SPECIALS})
+    tokenizer.bos_token, tokenizer.eos_token, tokenizer.chat_template = "<|begin_of_text|>", "<|eot_id|>", LLAMA_TEMPLATE
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in LLAMA_SPECIALS}
+    ends = [ids["<|eot_id|>"], ids["<|end_of_text|>"]]
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ends,
+                         **LLAMA_05B)
+    config.dtype = torch.bfloat16
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ends,
+                                               do_sample=True, temperature=0.6, top_p=0.9)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "special_ids": ids, "stop_ids": ends}
+
+
+BUILDERS = {"qwen2": build_model_dir, "llama": build_llama_dir}
+
+
+def check_outputs(project: Path, built: dict | None = None) -> list[str]:
     """What every stage must have produced at real size; returns the problems found."""
     problems = []
 
@@ -109,7 +153,11 @@ def check_outputs(project: Path) -> list[str]:
     evaluation = read("metrics/eval.json")
     for key in ("base.eval_loss", "tuned.eval_loss"):
         finite(key, evaluation.get(key))
-    settings = {k: v for k, v in read("metrics/generation.json").items() if "repetition_penalty" in k}
+    generation = read("metrics/generation.json")
+    if built and "stop_ids" in built and generation.get("generation.eos_token_id") != built["stop_ids"]:
+        problems.append(f"generation stopped at {generation.get('generation.eos_token_id')}, "
+                        f"expected the model's end of turn and eos {built['stop_ids']}")
+    settings = {k: v for k, v in generation.items() if "repetition_penalty" in k}
     if not settings or any(v != 1.0 for v in settings.values()):
         problems.append(f"generation used {settings}, expected no repetition penalty (greedy)")
     merge = read("metrics/merge.json")
@@ -118,7 +166,8 @@ def check_outputs(project: Path) -> list[str]:
     merged_config = project / "models/merged/config.json"
     if merged_config.is_file():
         config = json.loads(merged_config.read_text())
-        if config.get("vocab_size") != QWEN2_05B["vocab_size"] or config.get("num_hidden_layers") != 24:
+        layers = (LLAMA_05B if built and "stop_ids" in built else QWEN2_05B)["num_hidden_layers"]
+        if config.get("vocab_size", 0) < QWEN2_05B["vocab_size"] - 1000 or config.get("num_hidden_layers") != layers:
             problems.append("models/merged/config.json is not the 0.5B architecture")
     else:
         problems.append("models/merged/config.json missing")
@@ -133,6 +182,8 @@ def flops_per_token_lora(parameters: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="reference settings on CUDA, 8-bit and 4-bit")
+    parser.add_argument("--family", choices=sorted(BUILDERS), default="qwen2",
+                        help="qwen2: Qwen2-0.5B-Instruct's config (default); llama: a Llama-3-style ~0.5B")
     parser.add_argument("--keep", type=Path, help="keep the project here instead of a temp dir")
     parser.add_argument("--bf16-peak-tflops", type=float, default=None,
                         help="the card's dense bf16 peak for MFU (e.g. 989 for an H100/H200 SXM)")
@@ -142,13 +193,14 @@ def main(argv: list[str] | None = None) -> None:
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="check_real_"))
     root.mkdir(parents=True, exist_ok=True)
-    model_dir = root / "qwen2-0.5b-random"
+    model_dir = root / f"{args.family}-0.5b-random"
     start = time.perf_counter()
-    built = common.isolated(build_model_dir, model_dir)["result"]  # apart: children inherit a parent's peak RSS
+    built = common.isolated(BUILDERS[args.family], model_dir)["result"]  # apart: children inherit a parent's peak RSS
     print(f"check_real: built {model_dir} ({built['parameters']:,} parameters) in {time.perf_counter() - start:.0f}s")
 
     profiles = ["8bit", "4bit"] if args.gpu else ["8bit"]
-    report = {"machine": common.machine(), "versions": common.versions(), "model": built, "runs": {}}
+    report = {"machine": common.machine(), "versions": common.versions(), "family": args.family, "model": built,
+              "runs": {}}
     for quantization in profiles:
         changes = common.deep_update(GPU_PARAMS if args.gpu else CPU_PARAMS, {
             "model": {"base": "local", "local_dir": str(model_dir), "quantization": quantization}, "data": {"path": common.data_source()}})
@@ -159,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
             figures[name] = common.run_stage(name, project, env={"TOKENIZERS_PARALLELISM": "false"})
             print(f"  {quantization} {name:<14} {figures[name]['seconds']:>7.1f} s  "
                   f"peak {figures[name]['peak_rss_mb']:>6.0f} MB")
-        problems = check_outputs(project)
+        problems = check_outputs(project, built)
         speed = json.loads((project / "metrics/train_speed.json").read_text()) \
             if (project / "metrics/train_speed.json").is_file() else {}
         run = {"stages": figures, "problems": problems, "train_speed": speed}
@@ -169,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         report["runs"][quantization] = run
         print(f"  {quantization}: {'all outputs checked' if not problems else 'PROBLEMS: ' + '; '.join(problems)}")
 
-    out = common.REPO / "benchmarks" / "results" / f"check_real{'_gpu' if args.gpu else ''}.json"
+    family = "" if args.family == "qwen2" else f"_{args.family}"
+    out = common.REPO / "benchmarks" / "results" / f"check_real{family}{'_gpu' if args.gpu else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"-> {out}")

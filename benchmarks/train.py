@@ -105,7 +105,8 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
 
     clock = StepClock()
     trainer = SFTTrainer(model=model, args=config, train_dataset=sft.dataset(pd.read_parquet(train_path)),
-                         processing_class=tokenizer, peft_config=sft.lora_config(p.train), callbacks=[clock])
+                         processing_class=tokenizer, peft_config=sft.lora_config(p.train, modeling.lora_targets(model, p.train.lora.target_modules)),
+                         callbacks=[clock])
     trainer.remove_callback(PrinterCallback)
     compat.keep_lora_weights_fp32(trainer.model)  # as the stage does
     output = trainer.train()

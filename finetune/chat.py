@@ -17,7 +17,7 @@ from typing import Iterable
 
 import torch
 
-from finetune import config, errors, modeling, paths
+from finetune import chat_format, config, errors, modeling, paths
 from finetune.evaluation import generation
 
 EXIT_WORDS = {"exit", "quit"}
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = p.evaluate
     model, tokenizer = load(args, p)
     settings = generation.generation_config(
-        max_new_tokens=args.max_new_tokens or cfg.max_new_tokens, eos_token_id=generation.end_token_ids(tokenizer),
+        max_new_tokens=args.max_new_tokens or cfg.max_new_tokens, eos_token_id=chat_format.stop_token_ids(tokenizer, model.generation_config),
         pad_token_id=tokenizer.pad_token_id, do_sample=cfg.do_sample, temperature=cfg.temperature)
     seed = cfg.seed if cfg.do_sample else None
     if args.prompt is not None:

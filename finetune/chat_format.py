@@ -18,9 +18,41 @@ CHATML_TEMPLATE = (
     "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-END_OF_TURN = "<|im_end|>"
+END_OF_TURN = "<|im_end|>"  # ChatML's end of turn: only the tiny default's tokenizer and the chatml choice use it
+CHATML_MARKERS = ("<|im_start|>", END_OF_TURN)  # must each be one token of a vocabulary that uses CHATML_TEMPLATE
 CONTEXT = "\n Context:"  # joins instruction and input in the user turn (the reference format)
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+_MARK = "\x00answer\x00"  # an assistant turn's content, found again in the rendered template
+
+
+def end_of_turn(tokenizer) -> tuple[int | None, str]:
+    """The token that closes an assistant turn in the tokenizer's chat template, and the text that follows the
+    turn's content: (its id, text) when that text starts with a special or added token (ChatML <|im_end|>,
+    Llama-3 <|eot_id|>, Phi-3 <|end|>, Gemma <end_of_turn>), else (None, text)."""
+    from jinja2 import TemplateError
+
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": _MARK}], tokenize=False)
+    except (TemplateError, ValueError):  # a template that refuses this conversation: no end of turn known
+        return None, ""
+    if not isinstance(rendered, str) or rendered.count(_MARK) != 1:
+        return None, ""
+    after = rendered.split(_MARK)[1]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    return (ids[0] if ids and ids[0] in special else None), after
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every token that ends an answer: the chat template's end of turn, the tokenizer's eos, then each id of the
+    model's generation_config.eos_token_id (int or list); deduplicated, end of turn first."""
+    ids = [end_of_turn(tokenizer)[0], tokenizer.eos_token_id]
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids += configured if isinstance(configured, (list, tuple)) else [configured]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def user_text(instruction: str, input_text: str) -> str:

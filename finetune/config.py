@@ -138,6 +138,9 @@ class ModelParams(_Section):
     DVC dependency of base, so editing a file in it reruns base and everything after it. Absolute or relative."""
     revision: str = Field("main", min_length=1)
     """Hub revision (pin a commit hash for reproducible runs); ignored for tiny and local directories."""
+    chat_template: str = Field("auto", min_length=1, json_schema_extra={"empty": "auto, chatml or a .jinja file"})
+    """auto: the model's own chat template; chatml (needs <|im_start|> and <|im_end|> as tokens), or a .jinja file:
+    for a model without one. The base stage writes it into models/base; the tiny default's is ChatML."""
     quantization: Literal["8bit", "4bit", "none"] = "8bit"
     """How train/evaluate load the base: bitsandbytes 8-bit, 4-bit NF4 (less memory, less exact), or unquantized."""
     tiny: TinyModelParams = Field(default_factory=TinyModelParams)
@@ -161,9 +164,17 @@ class LoraParams(_Section):
     """LoRA scaling numerator: the update is scaled by alpha / r."""
     dropout: float = Field(0.1, ge=0, lt=1)
     """Dropout on the LoRA branch's input."""
-    target_modules: list[Name] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], min_length=1)
-    """Linear layers (by name) that get a LoRA adapter: fewer train faster, with less capacity."""
+    target_modules: Literal["all-linear"] | list[Name] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Linear layers (leaf names) that get a LoRA adapter, checked against the model before training, or all-linear
+    (every linear layer but the output head, peft's): fewer train faster, with less capacity."""
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:  # one message for [], not one per member of the union
+        if isinstance(value, list) and not value:
+            raise PydanticCustomError("too_short", "empty")
+        return value
 
 
 # transformers' SchedulerType values that need no lr_scheduler_kwargs (which params.yaml has no key for):
@@ -425,6 +436,12 @@ def _bound(field: FieldInfo) -> str:
 
 
 def _must_be(kind: Any) -> str:
+    if typing.get_origin(kind) is typing.Union:
+        return " or ".join(_must_be(k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is Annotated:
+        return _must_be(typing.get_args(kind)[0])
+    if typing.get_origin(kind) is Literal and len(typing.get_args(kind)) == 1:
+        return str(typing.get_args(kind)[0])
     if typing.get_origin(kind) is Literal:
         return "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else c for c in typing.get_args(kind))
     if typing.get_origin(kind) is dict:  # data.columns: names from a fixed set -> non-empty names

@@ -25,9 +25,10 @@ def logits(model, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logits_and_greedy(model, batch, max_new_tokens: int = 16, pad_id: int | None = None):
-    greedy = model.generate(**batch, generation_config=generation.generation_config(max_new_tokens=max_new_tokens,
-                                                                                   pad_token_id=pad_id))
+def logits_and_greedy(model, batch, stop_ids: list[int], max_new_tokens: int = 16, pad_id: int | None = None):
+    """fp32 logits and greedy tokens (ended by `stop_ids`, chat_format.stop_token_ids) of a batch of prompts."""
+    config = generation.generation_config(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id)
+    greedy = model.generate(**batch, generation_config=config)
     return logits(model, batch), greedy[:, batch["input_ids"].shape[1]:]
 
 

@@ -56,8 +56,26 @@ def _param(value) -> str:
 QUANTIZED = {"8bit": "an 8-bit quantized", "4bit": "a 4-bit quantized", "none": "an unquantized"}
 
 
+def template_name(setting: str, base: str) -> str:
+    """The chat template model.chat_template chose, in words."""
+    if setting == "chatml":
+        return "the ChatML chat template (`model.chat_template: chatml`)"
+    if setting != "auto":
+        return f"the chat template of `{setting}` (`model.chat_template`)"
+    return "the tiny default's ChatML chat template" if base == "tiny" else f"`{base}`'s own chat template"
+
+
+EXAMPLE = [{"role": "user", "content": "What is a bond?"}, {"role": "assistant", "content": "A loan to an issuer."}]
+
+
+def chat_example(tokenizer) -> str:
+    """One exchange as the tokenizer's chat template renders it: what a prompt and its answer look like."""
+    return tokenizer.apply_chat_template(EXAMPLE, tokenize=False)
+
+
 def render(*, base: str, revision: str | None, license: str, export_dtype: str, data_path: str,
-               data_counts: dict, hyperparameters: dict, evaluation_metrics: dict, merge_metrics: dict) -> str:
+               data_counts: dict, hyperparameters: dict, evaluation_metrics: dict, merge_metrics: dict,
+               template: str, example: str, stop_tokens: list[str]) -> str:
     """models/merged/README.md: Hugging Face model card (YAML metadata + markdown), deterministic."""
     from huggingface_hub import ModelCardData
 
@@ -87,7 +105,11 @@ def render(*, base: str, revision: str | None, license: str, export_dtype: str, 
 `{base}`{pinned} fine-tuned with LoRA (peft) through TRL's `SFTTrainer` on {trained_on}
 base, then the adapter merged into the unquantized weights (`merge_and_unload`) and exported in
 {export_dtype}. It is a standalone model: plain `transformers` loads it, no peft needed.
-Prompts use Qwen2's ChatML chat template; an answer ends with `<|im_end|>`.
+Prompts use {template}; an answer ends at any of {", ".join(f"`{t}`" for t in stop_tokens)}. One exchange:
+
+```text
+{example.rstrip(chr(10))}
+```
 
 ## How to load
 
@@ -130,11 +152,13 @@ Merge check (fp32): the merged logits differ from base+adapter's by at most
 """
 
 
-def for_run(p, merge_keys: list[str], data_counts: dict, eval_metrics: dict, merge_metrics: dict) -> str:
+def for_run(p, merge_keys: list[str], data_counts: dict, eval_metrics: dict, merge_metrics: dict, tokenizer,
+            stop_ids: list[int]) -> str:
     """The card of this run: its base (and pinned revision), license, data, hyperparameters and metrics."""
     source = Path(paths.BASE_DIR, paths.SOURCE_FILE)
     revision = json.loads(source.read_text()).get("revision") if source.is_file() else None
     return render(base=p.model.base, revision=revision, license=base_license(modeling.weights_dir(paths.BASE_DIR)),
                   export_dtype=merge_metrics["export_dtype"], data_path=p.data.path, data_counts=data_counts,
                   hyperparameters=hyperparameters(p, merge_keys), evaluation_metrics=eval_metrics,
-                  merge_metrics=merge_metrics)
+                  merge_metrics=merge_metrics, template=template_name(p.model.chat_template, p.model.base),
+                  example=chat_example(tokenizer), stop_tokens=tokenizer.convert_ids_to_tokens(stop_ids))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from finetune import chat_format, paths
+from finetune import chat_format, config, paths
 from finetune.errors import ModelError
 
 
@@ -31,13 +31,94 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 # ---------------------------------------------------------------- tokenizers
 
-def load_tokenizer(base_dir: str | os.PathLike):
+def load_tokenizer(base_dir: str | os.PathLike, require_template: bool = True):
+    """The tokenizer of a model directory; without a pad token, eos pads (as TRL does), masked everywhere.
+
+    The base stage writes the chat template chosen by model.chat_template into models/base, so every later
+    stage finds one; a directory without one is an error there (require_template False: the base stage's check).
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = chat_format.CHATML_TEMPLATE
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if require_template and not tokenizer.chat_template:
+        raise ModelError(f"{base_dir}: the tokenizer has no chat template; rerun `dvc repro base` "
+                         "(model.chat_template chooses one for a model that has none)")
     return tokenizer
+
+
+def choose_template(tokenizer, setting: str, base: str):
+    """Apply model.chat_template: auto (the model's own), chatml, or a .jinja file. A template whose end of turn
+    is not one token of the vocabulary is refused: its markers would be trained as plain text."""
+    if setting == "auto":
+        if not tokenizer.chat_template:
+            raise config.error(
+                f"model.chat_template: auto, but {base} has no chat template (a base, not an instruct, checkpoint); "
+                "set model.chat_template to chatml (if its vocabulary has <|im_start|> and <|im_end|> as tokens) "
+                "or to a .jinja file written with the model's own special tokens")
+        return tokenizer
+    if setting == "chatml":
+        split = {m: tokenizer(m, add_special_tokens=False)["input_ids"] for m in chat_format.CHATML_MARKERS}
+        if any(len(ids) != 1 for ids in split.values()):
+            pieces = ", ".join(f"{m} -> {len(ids)} tokens" for m, ids in split.items() if len(ids) != 1)
+            raise config.error(
+                f"model.chat_template: chatml needs <|im_start|> and <|im_end|> as single tokens, but {base}'s "
+                f"vocabulary splits them ({pieces}); its markers would be trained as plain text. Use the model's "
+                "own template (auto) or a .jinja file written with its own special tokens")
+        tokenizer.chat_template = chat_format.CHATML_TEMPLATE
+    else:
+        path = Path(setting).expanduser()
+        if not path.is_file():
+            raise config.error(f"model.chat_template must be auto, chatml or a .jinja file; {setting!r} is no file")
+        tokenizer.chat_template = path.read_text(encoding="utf-8")
+    end, after = chat_format.end_of_turn(tokenizer)
+    if end is None:
+        raise config.error(
+            f"model.chat_template: {setting}: an assistant turn ends with {after[:40]!r}, which does not start with a "
+            f"special token of {base}'s vocabulary: answers could not be told to stop. End each turn with one of its "
+            "special tokens (or use auto, the model's own template)")
+    return tokenizer
+
+
+def generation_config(base_dir: str | os.PathLike):
+    """The base model's generation_config (its end tokens), from where its weights live; from config.json when
+    it ships none."""
+    from transformers import AutoConfig, GenerationConfig
+
+    directory = weights_dir(base_dir)
+    try:
+        return GenerationConfig.from_pretrained(directory)
+    except OSError:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(directory))
+
+
+def stop_token_ids(base_dir: str | os.PathLike, tokenizer) -> list[int]:
+    """chat_format.stop_token_ids of the tokenizer and the base model's generation_config."""
+    return chat_format.stop_token_ids(tokenizer, generation_config(base_dir))
+
+
+def linear_layer_names(model) -> list[str]:
+    """Leaf names of the linear layers LoRA can adapt (nn.Linear and bitsandbytes' Linear8bitLt / Linear4bit,
+    its subclasses), not the output head: what peft's all-linear adapts."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
+
+
+def lora_targets(model, setting: str | list[str]) -> list[str]:
+    """train.lora.target_modules resolved against the model: every linear layer name (all-linear) or the listed
+    ones; a listed name that matches no linear layer is a params error naming the model's."""
+    names = linear_layer_names(model)
+    if setting == "all-linear":
+        return names
+    missing = [name for name in setting if name not in names]
+    if missing:
+        kind = type(model).__name__
+        raise config.error(
+            f"train.lora.target_modules: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a linear "
+            f"layer of {kind}, whose linear layers are {', '.join(names)} (or use all-linear)")
+    return list(dict.fromkeys(setting))
 
 
 # ---------------------------------------------------------------- base models

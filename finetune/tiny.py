@@ -45,8 +45,23 @@ def _finish_tokenizer(tokenizer):
 
 def train_bpe_tokenizer(texts, vocab_size: int):
     """Byte-level BPE with Qwen2's pre-tokenizer, trained on `texts`: a small Qwen2-style vocabulary."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
+
+    model = json.loads(train_bpe(texts, vocab_size, chat_format.SPECIAL_TOKENS).to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return _finish_tokenizer(Qwen2Tokenizer(vocab=model["vocab"], merges=merges))
+
+
+def train_bpe(texts, vocab_size: int, special_tokens):
+    """A tokenizers.Tokenizer: byte-level BPE with Qwen2's pre-tokenizer, trained on `texts`, `special_tokens` first."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     bpe = Tokenizer(models.BPE())
@@ -57,14 +72,12 @@ def train_bpe_tokenizer(texts, vocab_size: int):
     ])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(chat_format.SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return _finish_tokenizer(Qwen2Tokenizer(vocab=model["vocab"], merges=merges))
+    return bpe
 
 
 def qwen2_tokenizer_from_files(directory: str | os.PathLike):

@@ -9,6 +9,7 @@ def main() -> None:
     with files.atomic_path(paths.BASE_DIR) as tmp:
         if cfg.base == "tiny":
             model, tokenizer = tiny.build(cfg.tiny, paths.EMBEDDED_SAMPLE, cfg.local_dir)
+            modeling.choose_template(tokenizer, cfg.chat_template, cfg.base)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             source = {"kind": "tiny", "parameters": sum(t.numel() for t in model.parameters())}
@@ -20,8 +21,9 @@ def main() -> None:
                 source["sha256"] = files.digest(source["path"])
             else:
                 source = modeling.resolve_pretrained(cfg.base, cfg.revision)
-            tokenizer = modeling.load_tokenizer(source["path"])
-            tokenizer.save_pretrained(tmp)  # small; downstream stages read the tokenizer from here
+            tokenizer = modeling.choose_template(modeling.load_tokenizer(source["path"], require_template=False),
+                                                 cfg.chat_template, cfg.base)
+            tokenizer.save_pretrained(tmp)  # small, with the chosen template; downstream stages read it from here
             files.write_json(tmp / paths.SOURCE_FILE, source)
     print(f"base: {cfg.base} -> {paths.BASE_DIR} ({source})")
 

@@ -12,12 +12,13 @@ def main() -> None:
     dtype = modeling.compute_dtype("auto")
     tokenizer = modeling.load_tokenizer(paths.BASE_DIR)
     base = files.read_json(paths.BASE_RESULTS)
-    settings = comparison.same_generation(base.get("generation", {}), generation.settings_report(tokenizer, p.evaluate),
-                                          paths.BASE_RESULTS)
+    stop_ids = modeling.stop_token_ids(paths.BASE_DIR, tokenizer)
+    settings = comparison.same_generation(base.get("generation", {}),
+                                          generation.settings_report(tokenizer, p.evaluate, stop_ids), paths.BASE_RESULTS)
     model = modeling.load_tuned(paths.BASE_DIR, paths.ADAPTER_DIR, p.model.quantization, dtype,
                                 expected_base=p.model.base)
     tuned, outputs, rows = suite.evaluate_rows(model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate,
-                                               p.prepare.max_length)
+                                               p.prepare.max_length, stop_ids)
     samples = comparison.side_by_side(base["outputs"], outputs, paths.BASE_RESULTS)
     metrics = comparison.compare(base["metrics"], tuned)
     base_rows = comparison.same_rows(base.get("rows"), rows, paths.BASE_RESULTS)

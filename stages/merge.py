@@ -32,7 +32,8 @@ def main() -> None:
     tuned = merging.load_fp32(p.model.base)
     conversations = chat_format.conversations(test.head(p.merge.num_prompts))
     batch = generation.prompt_batch(tokenizer, conversations, tuned.device)
-    reference, reference_tokens = merging.logits_and_greedy(tuned, batch, pad_id=tokenizer.pad_token_id)
+    stop_ids = modeling.stop_token_ids(paths.BASE_DIR, tokenizer)
+    reference, reference_tokens = merging.logits_and_greedy(tuned, batch, stop_ids, pad_id=tokenizer.pad_token_id)
     with tuned.disable_adapter():
         base = merging.logits(tuned, batch)
 
@@ -43,7 +44,8 @@ def main() -> None:
     with files.atomic_path(paths.MERGED_DIR) as tmp:  # a failure below leaves models/merged as it was
         exported = merging.export(merged, tokenizer, tmp, merging.export_dtype(p.merge.dtype))
         del tuned, merged
-        export_logits, export_tokens = merging.logits_and_greedy(exported, batch, pad_id=tokenizer.pad_token_id)
+        export_logits, export_tokens = merging.logits_and_greedy(exported, batch, stop_ids,
+                                                                  pad_id=tokenizer.pad_token_id)
         result.update(export_dtype=str(exported.dtype).removeprefix("torch."),
                       export_max_abs_logit_diff=merging.max_difference(export_logits, reference),
                       export_greedy_tokens_match=bool(torch.equal(export_tokens, reference_tokens)))
@@ -61,7 +63,7 @@ def main() -> None:
                     f"{model_card.cell(eval_metrics.get('tuned.eval_loss'))}, {p.model.quantization} base + adapter)")
 
         _, merge_keys = pipeline.stage_inputs("merge")
-        card = model_card.for_run(p, merge_keys, data_counts, eval_metrics, result)
+        card = model_card.for_run(p, merge_keys, data_counts, eval_metrics, result, tokenizer, stop_ids)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         merging.say("card", f"{paths.MERGED_DIR}/README.md")
     files.write_json(paths.MERGE_METRICS, result)

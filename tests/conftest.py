@@ -71,3 +71,18 @@ def params_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("chat_params") / "params.yaml"
     path.write_text(yaml.safe_dump(FAST_PARAMS))
     return path
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory):
+    """family name -> a small random local model directory of that family (tests/families.py), built once."""
+    import families
+
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = families.build(families.FAMILIES[name], tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return get

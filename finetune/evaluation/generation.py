@@ -9,14 +9,10 @@ from tqdm import tqdm
 
 from finetune import chat_format
 
+
 def sample_indices(n_rows: int, k: int, seed: int) -> list[int]:
     """A fixed, seeded subset of test rows, in row order."""
     return sorted(random.Random(seed).sample(range(n_rows), min(k, n_rows)))
-
-
-def end_token_ids(tokenizer) -> list[int]:
-    """<|im_end|> ends a turn; <|endoftext|>, which Qwen2's generation config also lists, ends too."""
-    return [tokenizer.convert_tokens_to_ids(t) for t in (chat_format.END_OF_TURN, "<|endoftext|>")]
 
 
 def generation_settings(max_new_tokens: int, eos_token_id: list[int] | None = None, pad_token_id: int | None = None,
@@ -51,10 +47,12 @@ def generation_config(**settings):
 
 @torch.inference_mode()
 def generate(model, tokenizer, conversations: list[dict], batch_size: int, max_new_tokens: int,
-             do_sample: bool = False, temperature: float = 1.0, seed: int = 0) -> list[dict]:
-    """Responses for the prompts of `conversations`: left-padded batches, KV cache, stop at an end token."""
+             do_sample: bool = False, temperature: float = 1.0, seed: int = 0,
+             stop_ids: list[int] | None = None) -> list[dict]:
+    """Responses for the prompts of `conversations`: left-padded batches, KV cache, stop at an end token
+    (`stop_ids`; default: chat_format.stop_token_ids of the tokenizer and the model's generation_config)."""
     model.eval()
-    end_ids = end_token_ids(tokenizer)
+    end_ids = stop_ids if stop_ids is not None else chat_format.stop_token_ids(tokenizer, model.generation_config)
     config = generation_config(max_new_tokens=max_new_tokens, eos_token_id=end_ids,
                                pad_token_id=tokenizer.pad_token_id, do_sample=do_sample, temperature=temperature)
     device = next(model.parameters()).device
@@ -81,10 +79,10 @@ def prompt_batch(tokenizer, conversations: list[dict], device):
     return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
 
 
-def settings_report(tokenizer, cfg) -> dict:
+def settings_report(tokenizer, cfg, stop_ids: list[int]) -> dict:
     """How evaluate_model's answers were produced, every knob, as flat generation.* keys
-    (generation.sampled.* too when evaluate.do_sample)."""
-    ends, pad = end_token_ids(tokenizer), tokenizer.pad_token_id
+    (generation.sampled.* too when evaluate.do_sample); `stop_ids` as chat_format.stop_token_ids gives them."""
+    ends, pad = stop_ids, tokenizer.pad_token_id
     report = {f"generation.{k}": v for k, v in generation_settings(cfg.max_new_tokens, ends, pad).items()}
     if cfg.do_sample:
         sampled = generation_settings(cfg.max_new_tokens, ends, pad, do_sample=True, temperature=cfg.temperature)

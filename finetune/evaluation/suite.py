@@ -8,13 +8,16 @@ from finetune import chat_format
 from finetune.evaluation import generation, scoring, text_metrics
 
 
-def evaluate_model(model, tokenizer, test: pd.DataFrame, cfg, max_length: int) -> tuple[dict, list[dict]]:
-    """All metrics of one model on the test split, and its generations for the sampled prompts."""
-    metrics, outputs, _ = evaluate_rows(model, tokenizer, test, cfg, max_length)
+def evaluate_model(model, tokenizer, test: pd.DataFrame, cfg, max_length: int,
+                   stop_ids: list[int] | None = None) -> tuple[dict, list[dict]]:
+    """All metrics of one model on the test split, and its generations for the sampled prompts (ended by
+    `stop_ids`; default: chat_format.stop_token_ids of the tokenizer and the model's generation_config)."""
+    metrics, outputs, _ = evaluate_rows(model, tokenizer, test, cfg, max_length, stop_ids)
     return metrics, outputs
 
 
-def evaluate_rows(model, tokenizer, test: pd.DataFrame, cfg, max_length: int) -> tuple[dict, list[dict], dict]:
+def evaluate_rows(model, tokenizer, test: pd.DataFrame, cfg, max_length: int,
+                  stop_ids: list[int] | None = None) -> tuple[dict, list[dict], dict]:
     """evaluate_model, and the per-row results the metrics are made of (for intervals.paired):
     {"scored": every test row's token sums, "answered": each sampled prompt's answer scores; "row": test row numbers}."""
     conversations = chat_format.conversations(test)
@@ -23,10 +26,11 @@ def evaluate_rows(model, tokenizer, test: pd.DataFrame, cfg, max_length: int) ->
     picked = generation.sample_indices(len(conversations), cfg.num_samples, cfg.seed)
     chosen = [conversations[i] for i in picked]
     references = [c["completion"][0]["content"] for c in chosen]
-    greedy = generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens)
+    greedy = generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens, stop_ids=stop_ids)
     metrics.update(text_metrics.answer_metrics(greedy, references))
     answered = {"row": list(picked), **text_metrics.answer_rows(greedy, references)}
-    sampled = (generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens, True, cfg.temperature, cfg.seed)
+    sampled = (generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens, True, cfg.temperature, cfg.seed,
+                                   stop_ids=stop_ids)
                if cfg.do_sample else [None] * len(chosen))
     outputs = [
         # prompt: the last turn before the answer (a conversation's history is longer; an Alpaca prompt is one turn)

@@ -131,14 +131,15 @@ def checked_sft_config(p: config.Params, dtype: torch.dtype):
         raise config.error(problem) from None
 
 
-def lora_config(t: config.TrainParams):
+def lora_config(t: config.TrainParams, targets: list[str]):
+    """LoRA of train.lora on `targets`, the linear layer names modeling.lora_targets resolved on the model."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=t.lora.r,
         lora_alpha=t.lora.alpha,
         lora_dropout=t.lora.dropout,
-        target_modules=list(t.lora.target_modules),
+        target_modules=list(targets),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -189,6 +190,16 @@ class TrainingRun:
     live: object
     tokenizer: object
     resume_from: Path | None
+    adapted: dict  # what LoRA adapts: metrics/train.json's lora_* keys and trainable_parameters
+
+
+def adapted_summary(model) -> dict:
+    """The adapted layer names (a string: `dvc metrics diff` shows strings, not lists), how many layers and how
+    many trainable parameters: a change of base model or of train.lora shows in the diff."""
+    layers = [name for name, module in model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
+    return {"lora_target_modules": ",".join(sorted({name.rsplit(".", 1)[-1] for name in layers})),
+            "lora_layers": len(layers),
+            "trainable_parameters": sum(w.numel() for w in model.parameters() if w.requires_grad)}
 
 
 def build(p: config.Params) -> TrainingRun:
@@ -201,11 +212,12 @@ def build(p: config.Params) -> TrainingRun:
     args = checked_sft_config(p, dtype)  # before checkpoints are cleared: a typo must not cost a run
     compat.labelled_logits_only(p.train.speed.labelled_logits_only)
     main = distributed.is_main(args)
+    tokenizer = modeling.load_tokenizer(paths.BASE_DIR)
+    model = modeling.load_model(paths.BASE_DIR, p.model.quantization, dtype)
+    targets = modeling.lora_targets(model, p.train.lora.target_modules)  # before checkpoints are cleared, too
     resume_from = distributed.from_main(args, lambda: checkpoints.resume_point(paths.CHECKPOINT_DIR, run_id(p), p.train.num_processes))
     if resume_from and main:
         checkpoints.rewind_live(paths.LIVE_DIR, checkpoints.step_of(resume_from))  # rows logged after the checkpoint
-    tokenizer = modeling.load_tokenizer(paths.BASE_DIR)
-    model = modeling.load_model(paths.BASE_DIR, p.model.quantization, dtype)
     if p.model.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=p.train.gradient_checkpointing)
     # DVCLiveCallback logs on the main process only (elsewhere, without a Live, it does nothing); a Live
@@ -217,7 +229,7 @@ def build(p: config.Params) -> TrainingRun:
         train_dataset=dataset(pd.read_parquet(paths.TRAIN_DATA), tokenizer, p.train.completion_only_loss),
         eval_dataset=dataset(pd.read_parquet(paths.VAL_DATA), tokenizer, p.train.completion_only_loss),
         processing_class=tokenizer,
-        peft_config=lora_config(p.train),
+        peft_config=lora_config(p.train, targets),
         callbacks=[compat.step_aligned_dvclive()(live=live)],
     )
     compat.keep_lora_weights_fp32(trainer.model)
@@ -225,7 +237,11 @@ def build(p: config.Params) -> TrainingRun:
     if main:
         print(f"train: {modeling.device()}, {dtype}, {distributed.processes_note(p.train)}base {p.model.base} "
               f"({p.model.quantization}), lr {p.lr:g}" + (f", resuming from {resume_from}" if resume_from else ""))
-    return TrainingRun(trainer, live, tokenizer, resume_from)
+    adapted = adapted_summary(trainer.model)
+    if main:
+        print(f"train: LoRA on {adapted['lora_layers']} layers ({adapted['lora_target_modules']}), "
+              f"{adapted['trainable_parameters']:,} trainable parameters")
+    return TrainingRun(trainer, live, tokenizer, resume_from, adapted)
 
 
 def fit(run: TrainingRun, p: config.Params) -> tuple[dict, dict]:
@@ -252,6 +268,7 @@ def fit(run: TrainingRun, p: config.Params) -> tuple[dict, dict]:
         "epoch": state.epoch,
         "global_step": state.global_step,
         "tokens_seen": tokens,
+        **run.adapted,
     }
     speed = {
         "resumed_from_step": resumed_from,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import families
 import pandas as pd
-
-from finetune import chat_format, modeling, tiny
+import pytest
 from frames import frame_of
 from helpers import QWEN2_TOKENIZER, requires_qwen2_tokenizer
 
+from finetune import chat_format, modeling, tiny
 
 TRICKY = [("Define APR.", None, "APR is the yearly cost of a loan."),
           ("Quote the stop marker.", "It is <|im_end|> here.", "It reads <|im_end|>."),  # special tokens in content
@@ -83,3 +84,39 @@ def test_token_lengths_count_the_chat_template(tiny_tokenizer):
         plain.append(len(tiny_tokenizer(c["prompt"][0]["content"] + c["completion"][0]["content"])["input_ids"]))
     assert lengths == expected
     assert all(a > b for a, b in zip(lengths, plain))  # the template's turns are counted
+
+
+# ---------------------------------------------------------------- end of turn, from the model
+
+
+@pytest.mark.parametrize("name", list(families.FAMILIES))
+def test_stop_ids_are_the_familys_end_of_turn_then_eos(family_dir, name):
+    family = families.FAMILIES[name]
+    directory = family_dir(name)
+    tokenizer = modeling.load_tokenizer(directory)
+    ids = chat_format.stop_token_ids(tokenizer, modeling.generation_config(directory))
+    assert tokenizer.convert_ids_to_tokens(ids) == list(family.stop_tokens)
+    assert chat_format.end_of_turn(tokenizer)[0] == tokenizer.convert_tokens_to_ids(family.end_of_turn)
+    # control: the ChatML literals the old lookup used are no tokens of the other families' vocabularies
+    chatml_ids = [tokenizer.convert_tokens_to_ids(t) for t in chat_format.CHATML_MARKERS]
+    assert (None not in chatml_ids) is (family is families.QWEN2)
+
+
+def test_stop_ids_take_every_generation_config_id_once():
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    tokenizer = tiny.train_bpe_tokenizer(["a b c"], 300)
+    end, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert chat_format.stop_token_ids(tokenizer) == [end]  # eos is the end of turn here
+    assert chat_format.stop_token_ids(tokenizer, GenerationConfig(eos_token_id=pad)) == [end, pad]
+    assert chat_format.stop_token_ids(tokenizer, SimpleNamespace(eos_token_id=[pad, end, 7])) == [end, pad, 7]
+
+
+def test_a_turn_ending_in_plain_text_has_no_end_of_turn_token():
+    tokenizer = tiny.train_bpe_tokenizer(["a b c"], 300)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}"
+    tokenizer.eos_token = "<|endoftext|>"
+    assert chat_format.end_of_turn(tokenizer) == (None, "\n\n")
+    assert tokenizer.convert_ids_to_tokens(chat_format.stop_token_ids(tokenizer)) == ["<|endoftext|>"]

@@ -76,6 +76,7 @@ BAD = [
     ({"prepare": {"seed": -1}}, ["prepare"], ["prepare.seed must be in [0, 2**32), got -1"]),
     ({"prepare": {"seed": 2**32}}, ["prepare"], ["prepare.seed must be in [0, 2**32), got 4294967296"]),
     # model
+    ({"model": {"chat_template": " "}}, ["model"], ["model.chat_template must be auto, chatml or a .jinja file, got ''"]),
     ({"model": {"quantization": "3bit"}}, ["model"],
      ["model.quantization must be one of 8bit, 4bit, none, got '3bit'"]),
     ({"model": {"quantization": 8}}, ["model"], ["model.quantization must be one of 8bit, 4bit, none, got 8"]),
@@ -126,9 +127,9 @@ BAD = [
     ({"train": {"lora": {"alpha": 0}}}, ["train"], ["train.lora.alpha must be > 0, got 0"]),
     ({"train": {"lora": {"dropout": 1}}}, ["train"], ["train.lora.dropout must be in [0, 1), got 1"]),
     ({"train": {"lora": {"target_modules": "q_proj"}}}, ["train"],
-     ["train.lora.target_modules must be a list of names, got 'q_proj'"]),
+     ["train.lora.target_modules must be all-linear or a list of names, got 'q_proj'"]),
     ({"train": {"lora": {"target_modules": ["q_proj", 3]}}}, ["train"],
-     ["train.lora.target_modules must be a list of names, got ['q_proj', 3]"]),
+     ["train.lora.target_modules must be all-linear or a list of names, got ['q_proj', 3]"]),
     ({"train": {"lora": {"target_modules": []}}}, ["train"], ["train.lora.target_modules must not be empty"]),
     # evaluate
     ({"evaluate": {"batch_size": 0}}, ["evaluate"], ["evaluate.batch_size must be >= 1, got 0"]),

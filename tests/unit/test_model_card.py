@@ -32,7 +32,8 @@ def test_render_is_the_same_bytes_for_the_same_run():
         return model_card.render(base="tiny", revision=None, license="unknown", export_dtype="float32",
                                  data_path="data/raw/finance_alpaca.parquet", data_counts={"test": 3},
                                  hyperparameters={"lr": 1e-5}, evaluation_metrics={"tuned.eval_loss": tuned_loss},
-                                 merge_metrics=MERGE_METRICS)
+                                 merge_metrics=MERGE_METRICS, template="the tiny default's ChatML chat template",
+                                 example="<|im_start|>user\nWhat is a bond?<|im_end|>\n", stop_tokens=["<|im_end|>"])
 
     assert card(1.5) == card(1.5)
     assert card(1.5) != card(1.25)  # control: an input shows

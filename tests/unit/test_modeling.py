@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import families
 import pytest
 import torch
 
-from finetune import config, modeling, tiny
+from finetune import chat_format, config, modeling, tiny
+from finetune.errors import ModelError, ParamsError
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -87,3 +89,62 @@ def test_adapter_checks(tmp_path, tiny_base):
     adapter.mkdir()
     with pytest.raises(modeling.ModelError, match="no adapter_config.json"):
         modeling.check_adapter(adapter, "tiny")
+
+
+# ---------------------------------------------------------------- any family: LoRA targets, chat template
+
+
+@pytest.mark.parametrize("name", list(families.FAMILIES))
+@pytest.mark.parametrize("quantization", ["none", "8bit"])
+def test_linear_layer_names_are_each_familys_own(family_dir, name, quantization):
+    model = modeling.load_model(family_dir(name), quantization)
+    assert modeling.linear_layer_names(model) == list(families.FAMILIES[name].linear_layers)  # not the head
+    assert modeling.lora_targets(model, "all-linear") == list(families.FAMILIES[name].linear_layers)
+
+
+def test_a_listed_module_the_model_lacks_is_a_params_error_listing_its_layers(family_dir):
+    phi3 = modeling.load_model(family_dir("phi3"), "none")
+    with pytest.raises(ParamsError) as error:
+        modeling.lora_targets(phi3, LORA_TARGETS)  # the reference list: Phi-3 fuses q/k/v and gate/up
+    message = str(error.value)
+    assert "train.lora.target_modules: q_proj, k_proj, v_proj, gate_proj, up_proj are not a linear layer of " \
+           "Phi3ForCausalLM, whose linear layers are down_proj, gate_up_proj, o_proj, qkv_proj" in message
+    # control: the same list fits a Llama; a name it lacks does not
+    llama = modeling.load_model(family_dir("llama3"), "none")
+    assert modeling.lora_targets(llama, LORA_TARGETS) == LORA_TARGETS
+    with pytest.raises(ParamsError, match="qkv_proj is not a linear layer of LlamaForCausalLM"):
+        modeling.lora_targets(llama, ["q_proj", "qkv_proj"])
+
+
+def test_chat_template_choice(family_dir, tmp_path):
+    llama = family_dir("llama3")
+    own = modeling.load_tokenizer(llama).chat_template
+    assert modeling.choose_template(modeling.load_tokenizer(llama), "auto", "x").chat_template == own
+    # a model without a template: auto says how
+    bare = modeling.load_tokenizer(llama)
+    bare.chat_template = None
+    with pytest.raises(ParamsError, match="has no chat template .* set model.chat_template to chatml"):
+        modeling.choose_template(bare, "auto", "llama")
+    # chatml where <|im_start|>/<|im_end|> are no tokens: refused, not trained as text
+    with pytest.raises(ParamsError, match=r"chatml needs <\|im_start\|> and <\|im_end\|> as single tokens"):
+        modeling.choose_template(modeling.load_tokenizer(llama), "chatml", "llama")
+    chatml = modeling.choose_template(modeling.load_tokenizer(family_dir("qwen2")), "chatml", "qwen2")  # control
+    assert chatml.chat_template == chat_format.CHATML_TEMPLATE
+    # a .jinja file: used as written, if its turns end with a special token
+    path = tmp_path / "plain.jinja"
+    path.write_text("{% for m in messages %}<|start_header_id|>{{ m['role'] }}\n{{ m['content'] }}<|eot_id|>{% endfor %}")
+    assert modeling.choose_template(modeling.load_tokenizer(llama), str(path), "llama").chat_template == path.read_text()
+    path.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}")
+    with pytest.raises(ParamsError, match=r"an assistant turn ends with '\\n\\n', which does not start with a special"):
+        modeling.choose_template(modeling.load_tokenizer(llama), str(path), "llama")
+    with pytest.raises(ParamsError, match="must be auto, chatml or a .jinja file"):
+        modeling.choose_template(modeling.load_tokenizer(llama), str(tmp_path / "missing.jinja"), "llama")
+
+
+def test_a_tokenizer_without_a_template_is_refused_after_base(family_dir, tmp_path):
+    tokenizer = modeling.load_tokenizer(family_dir("llama3"))
+    assert tokenizer.pad_token == "<|eot_id|>"  # Llama-3 ships no pad token: eos pads, as in TRL
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="no chat template; rerun `dvc repro base`"):
+        modeling.load_tokenizer(tmp_path)

@@ -44,9 +44,9 @@ def test_side_by_side_pairs_rows_and_refuses_other_rows():
 
 def test_same_generation_refuses_base_answers_made_otherwise(tiny_tokenizer):
     cfg = config.EvaluateParams(max_new_tokens=8)
-    settings = generation.settings_report(tiny_tokenizer, cfg)
+    settings = generation.settings_report(tiny_tokenizer, cfg, [2, 0])
     assert comparison.same_generation(dict(settings), settings, BASE) == settings
-    other = generation.settings_report(tiny_tokenizer, config.EvaluateParams(max_new_tokens=9))
+    other = generation.settings_report(tiny_tokenizer, config.EvaluateParams(max_new_tokens=9), [2, 0])
     with pytest.raises(ValueError, match=rf"^{BASE} .*other settings \(generation.max_new_tokens\).*evaluate_base"):
         comparison.same_generation(other, settings, BASE)
     with pytest.raises(ValueError, match="evaluate_base"):  # a base.json from before settings were recorded

@@ -80,7 +80,7 @@ def test_greedy_ignores_the_models_generation_config(qwen_configured_base, tiny_
             text = tiny_tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True)
             batch = tiny_tokenizer([text], return_tensors="pt", add_special_tokens=False)
             out = model.generate(**batch, max_new_tokens=24, do_sample=False, top_p=None, top_k=None, temperature=None,
-                                 eos_token_id=generation.end_token_ids(tiny_tokenizer))
+                                 eos_token_id=chat_format.stop_token_ids(tiny_tokenizer, model.generation_config))
             old.append(out[0, batch["input_ids"].shape[1]:].tolist())
     finally:
         tiny_tokenizer.padding_side = "right"
@@ -94,9 +94,9 @@ def test_settings_report_is_what_generate_uses(qwen_configured_base, tiny_tokeni
     generation_config says otherwise."""
     model = modeling.load_model(qwen_configured_base, "none")
     cfg = config.EvaluateParams(max_new_tokens=9, do_sample=do_sample, temperature=0.5, seed=4)
-    report = generation.settings_report(tiny_tokenizer, cfg)
+    report = generation.settings_report(tiny_tokenizer, cfg, modeling.stop_token_ids(qwen_configured_base, tiny_tokenizer))
     for prefix, sample in [("generation.", False)] + [("generation.sampled.", True)] * do_sample:
-        asked = generation.generation_config(max_new_tokens=9, eos_token_id=generation.end_token_ids(tiny_tokenizer),
+        asked = generation.generation_config(max_new_tokens=9, eos_token_id=chat_format.stop_token_ids(tiny_tokenizer, model.generation_config),
                                              pad_token_id=tiny_tokenizer.pad_token_id, do_sample=sample,
                                              temperature=0.5)
         effective, _ = model._prepare_generation_config(asked)

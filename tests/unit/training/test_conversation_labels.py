@@ -30,9 +30,10 @@ def trainer_batch(tiny_base, out_dir, rows, padding_free=True, **train_params):
     args.output_dir, args.eval_strategy = str(out_dir), "no"
     tokenizer = modeling.load_tokenizer(tiny_base)
     frame = pd.DataFrame({"messages": [json.dumps(r) for r in rows]}, dtype="string")
-    trainer = SFTTrainer(model=modeling.load_model(tiny_base, "none", torch.float32), args=args,
-                         train_dataset=sft.dataset(frame, tokenizer, p.train.completion_only_loss),
-                         processing_class=tokenizer, peft_config=sft.lora_config(p.train))
+    model = modeling.load_model(tiny_base, "none", torch.float32)
+    targets = modeling.lora_targets(model, p.train.lora.target_modules)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=sft.dataset(frame, tokenizer, p.train.completion_only_loss),
+                         processing_class=tokenizer, peft_config=sft.lora_config(p.train, targets))
     return next(iter(trainer.get_train_dataloader())), tokenizer
 
 

@@ -28,7 +28,7 @@ def make_trainer(tiny_base, out_dir, **train_params):
     frame = pd.read_parquet(REPO / paths.EMBEDDED_SAMPLE).head(EXAMPLES)
     model = modeling.load_model(tiny_base, "none", torch.float32)
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft.dataset(frame),
-                         processing_class=modeling.load_tokenizer(tiny_base), peft_config=sft.lora_config(p.train))
+                         processing_class=modeling.load_tokenizer(tiny_base), peft_config=sft.lora_config(p.train, modeling.lora_targets(model, p.train.lora.target_modules)))
     torch.manual_seed(0)
     with torch.no_grad():
         for name, weight in trainer.model.named_parameters():

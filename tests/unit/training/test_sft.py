@@ -75,3 +75,44 @@ def test_use_liger_kernel_takes_auto_true_or_false(value):
 def test_use_liger_kernel_rejects_anything_else(value):
     with pytest.raises(ParamsError, match="train.speed.use_liger_kernel must be one of auto, true, false, got"):
         config.parse({"train": {"speed": {"use_liger_kernel": value}}}, ["train"])
+
+
+def tokenized_completions(directory, template: str | None = None) -> tuple[object, list[list[int]]]:
+    """The training examples as TRL's SFTTrainer tokenizes them for the train stage: each one's labelled ids."""
+    import pandas as pd
+    from trl import SFTTrainer
+
+    from finetune import modeling
+
+    p = config.parse({"train": {"eval_steps": 0}, "model": {"quantization": "none"}}, ["lr", "prepare", "model", "train"])
+    args = sft.sft_config(p, torch.float32)
+    args.output_dir, args.eval_strategy, args.report_to = str(directory / "out"), "no", "none"
+    tokenizer = modeling.load_tokenizer(directory)
+    if template is not None:
+        tokenizer.chat_template = template
+    model = modeling.load_model(directory, "none")
+    frame = pd.DataFrame({"instruction": ["What is a bond?", "Define APR."], "input": ["", "Loans."],
+                          "output": ["A loan.", "The yearly cost."]})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=sft.dataset(frame), processing_class=tokenizer,
+                         peft_config=sft.lora_config(p.train, modeling.lora_targets(model, "all-linear")))
+    labelled = [[label for label in row["labels"] if label != -100] for row in trainer.train_dataset]
+    return tokenizer, labelled
+
+
+@pytest.mark.parametrize("name", ["qwen2", "llama3", "phi3"])
+def test_training_labels_end_with_the_familys_end_of_turn(family_dir, name):
+    import families
+
+    tokenizer, labelled = tokenized_completions(family_dir(name))
+    end = tokenizer.convert_tokens_to_ids(families.FAMILIES[name].end_of_turn)
+    for ids, answer in zip(labelled, ["A loan.", "The yearly cost."]):
+        assert tokenizer.decode(ids).startswith(answer)
+        assert end in ids[-2:]  # the answer's last labelled tokens: end of turn (then "\n" in ChatML and Phi-3)
+
+
+def test_a_template_without_end_of_turn_leaves_none_to_learn(family_dir):
+    """Negative control: the same check fails where the template ends a turn with plain text."""
+    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}" \
+            "{% if add_generation_prompt %}assistant: {% endif %}"
+    tokenizer, labelled = tokenized_completions(family_dir("llama3"), plain)
+    assert all(tokenizer.convert_tokens_to_ids("<|eot_id|>") not in ids for ids in labelled)
