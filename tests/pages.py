@@ -58,6 +58,12 @@ def write_inputs(root: Path, scale: float = 1.0) -> None:
     evaluation = {**EVAL, "tuned.eval_loss": 2.0 * scale}
     (root / paths.EVAL_METRICS).write_text(json.dumps(evaluation))
     (root / paths.MERGE_METRICS).write_text(json.dumps({"max_abs_logit_diff": 1e-7, "merged.eval_loss": 2.125}))
+    tokens = [4 + i % 5 for i in range(40)]  # per-row results: each row's loss about 2 * scale per token
+    nll = [t * scale * (2.0 + (0.3 if i % 2 else -0.3) * (1 + i % 3)) for i, t in enumerate(tokens)]
+    scored = {"row": list(range(40)), "key": [f"k{i}" for i in range(40)], "nll": nll, "entropy": tokens,
+              "correct": [0] * 40, "tokens": tokens}
+    (root / paths.EVAL_ROWS).parent.mkdir(parents=True, exist_ok=True)
+    (root / paths.EVAL_ROWS).write_text(json.dumps({"base": {"scored": scored}, "tuned": {"scored": scored}}))
     samples = [{"row": i, "prompt": f"{HOSTILE} {i}", "reference": "ref", "base_output": "\n" * 8,
                 "tuned_output": f"answer {i} at {scale}"} for i in range(3)]
     (root / paths.SAMPLES).write_text("".join(json.dumps(s) + "\n" for s in samples))

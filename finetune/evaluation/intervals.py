@@ -13,6 +13,7 @@ Resamples are drawn as multinomial counts [samples, rows], so every statistic is
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 
@@ -119,3 +120,47 @@ def delta_intervals(a_rows: dict, b_rows: dict, prefix: str, samples: int, seed:
         if part in a_rows and part in b_rows:
             out |= interval_keys(prefix, paired(a_rows[part], b_rows[part], samples, seed))
     return out
+
+
+# ---------------------------------------------------------------- two runs (report --compare)
+
+NO_DIFFERENCE = "no detectable difference"
+
+
+def pair_by_key(a: dict, b: dict) -> tuple[dict, dict, dict[str, int]]:
+    """Two runs' per-row columns restricted to the rows both have, matched by "key" (evaluate's row_key: the
+    prompt and its reference) in a's order; and the rows left out, by reason: only_in_a, only_in_b, and
+    repeated_key (a key on more than one row of a run: which of them pairs with which is unknown)."""
+    for side, name in ((a, "a"), (b, "b")):
+        if "key" not in side:
+            raise ValueError(f"run {name}'s per-row results have no row keys (made by an older evaluate); "
+                             "rerun `dvc repro evaluate` there")
+    seen_a, seen_b = Counter(a["key"]), Counter(b["key"])
+    where_b = {key: i for i, key in enumerate(b["key"]) if seen_b[key] == 1}
+    pairs = [(i, where_b[key]) for i, key in enumerate(a["key"]) if seen_a[key] == 1 and key in where_b]
+    dropped = {"only_in_a": sum(n for key, n in seen_a.items() if key not in seen_b),
+               "only_in_b": sum(n for key, n in seen_b.items() if key not in seen_a),
+               "repeated_key": sum(n for key, n in (seen_a + seen_b).items()
+                                   if key in seen_a and key in seen_b and (seen_a[key] > 1 or seen_b[key] > 1))}
+    columns = [c for c in a if c in b and c != "key"]
+    a_paired = {c: [a[c][i] for i, _ in pairs] for c in columns}
+    b_paired = {c: [b[c][j] for _, j in pairs] for c in columns}
+    return a_paired, b_paired, dropped
+
+
+def compare_runs(a_rows: dict, b_rows: dict, samples: int, seed: int) -> tuple[dict, dict]:
+    """({metric: (b - a, low, high)}, {part: rows dropped by reason}): the paired bootstrap interval of run b's
+    tuned metrics minus run a's, over the test rows both runs scored ("scored") and answered ("answered")."""
+    found, dropped = {}, {}
+    for part in ("scored", "answered"):
+        if part in a_rows and part in b_rows:
+            pa, pb, dropped[part] = pair_by_key(a_rows[part], b_rows[part])
+            found |= paired(pa, pb, samples, seed)
+    return found, dropped
+
+
+def verdict(low: float, high: float, a: str = "a", b: str = "b") -> str:
+    """What an interval of b - a says: "no detectable difference" when it contains 0, else the direction."""
+    if contains_zero(low, high):
+        return NO_DIFFERENCE
+    return f"{b} higher than {a}" if low > 0 else f"{b} lower than {a}"

@@ -6,8 +6,9 @@ import base64
 import html
 
 from finetune import paths
+from finetune.evaluation import intervals
 from finetune.report import charts
-from finetune.report.runs import RunResults, compare_columns, fmt, run_columns, table_rows
+from finetune.report.runs import Difference, RunResults, compare_columns, fmt, run_columns, table_rows
 
 SAMPLES_SHOWN = 10
 
@@ -93,7 +94,31 @@ def run_page(run: RunResults, curves, lengths: list[int], max_length: int) -> st
     ])
 
 
-def compare_page(a: RunResults, b: RunResults, curves) -> str:
+def difference_html(diff: Difference | None) -> list[str]:
+    """The section "Is the difference real?": b - a per tuned metric, its interval, the verdict, the seed spread."""
+    if diff is None:
+        return []
+    title = f"<h2>Is the difference real? tuned: {esc(diff.b)} - {esc(diff.a)}</h2>"
+    if not diff.intervals:
+        return [title, f'<p class="na">n/a (a run has no {esc(paths.EVAL_ROWS)}; `dvc pull` it or rerun evaluate)</p>']
+    found = diff.intervals
+    columns = [(f"{diff.b} - {diff.a}", {k: v[0] for k, v in found.items()}),
+               ("95% low", {k: v[1] for k, v in found.items()}), ("95% high", {k: v[2] for k, v in found.items()}),
+               ("verdict", {k: intervals.verdict(v[1], v[2], diff.a, diff.b) for k, v in found.items()})]
+    if diff.spread:
+        columns += [(f"sd across {len(diff.seeds)} seeds", {k: v[0] for k, v in diff.spread.items() if k in found}),
+                    ("range across seeds", {k: v[1] for k, v in diff.spread.items() if k in found})]
+    unpaired = "; ".join(f"{part}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                         for part, counts in diff.dropped.items() if any(counts.values()))
+    shown = esc("Rows left unpaired: " + unpaired) if unpaired else "Every row paired."
+    notes = [f"<p>Paired bootstrap 95% intervals over the test rows both runs have (matched by prompt and reference). {shown}</p>"]
+    if diff.seeds:
+        notes.append(f"<p>Seed runs: {esc(', '.join(diff.seeds))}. A difference within their spread may be "
+                     "training noise, which the interval (test rows only) does not cover.</p>")
+    return [title, *notes, table_html(columns, table_rows(columns))]
+
+
+def compare_page(a: RunResults, b: RunResults, curves, diff: Difference | None = None) -> str:
     columns = compare_columns(a, b)
     # by prompt, not row number: revisions with another seed, n or data sample other rows
     answers_b = {row.get("prompt"): row.get("tuned_output") for row in b.samples}
@@ -104,6 +129,7 @@ def compare_page(a: RunResults, b: RunResults, curves) -> str:
     return page(f"Comparison: {a.label} vs {b.label}", [
         f'<div class="charts">{"".join(figures)}</div>',
         f"<h2>Metrics ({esc(paths.EVAL_METRICS)})</h2>", table_html(columns, table_rows(columns)),
+        *difference_html(diff),
         f"<h2>Sample answers ({esc(paths.SAMPLES)}, first {SAMPLES_SHOWN})</h2>",
         samples_html(paired, [("prompt", "prompt"), ("reference", "reference"),
                               (f"{a.label}: tuned", "tuned_output"), (f"{b.label}: tuned", "b")]),

@@ -12,7 +12,7 @@ from typing import Callable
 
 from finetune import paths
 from finetune.errors import DataError, StageError
-from finetune.evaluation import comparison
+from finetune.evaluation import comparison, intervals
 from finetune.evaluation.comparison import under_prefix
 
 Points = list[tuple[float, float]]
@@ -98,6 +98,17 @@ def load_run(read: Reader, label: str, curves: dict[str, dict[str, tuple[str, st
                       read_metrics(read, paths.MERGE_METRICS), read_samples(read))
 
 
+def read_rows(read: Reader) -> dict | None:
+    """The tuned model's per-row results (evaluate's data/eval/rows.json), None when the run has none."""
+    text = read(paths.EVAL_ROWS)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)["tuned"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{paths.EVAL_ROWS}: not evaluate's per-row results (no \"tuned\" part)") from None
+
+
 def workspace_reader(path: str) -> str | None:
     file = Path(path)
     return file.read_text(encoding="utf-8") if file.is_file() else None
@@ -157,3 +168,58 @@ def compare_columns(a: RunResults, b: RunResults) -> list[tuple[str, dict]]:
     return [(f"{a.label}: base", under_prefix(a.metrics, "base")), (f"{a.label}: tuned", tuned_a),
             (f"{b.label}: base", under_prefix(b.metrics, "base")), (f"{b.label}: tuned", tuned_b),
             (f"tuned: {b.label} - {a.label}", diff)]
+
+
+# ---------------------------------------------------------------- two runs: is the difference real?
+
+
+@dataclass
+class Difference:
+    """Run b's tuned metrics minus run a's on the test rows both have, with paired bootstrap 95% intervals,
+    and (from a seed sweep) the spread of each tuned metric across runs that differ only in their seed."""
+    a: str
+    b: str
+    intervals: dict[str, tuple[float, float, float]]  # metric -> (b - a, low, high)
+    dropped: dict[str, dict[str, int]]  # "scored" / "answered" -> rows left unpaired, by reason
+    spread: dict[str, tuple[float, float, int]]  # metric -> (standard deviation, max - min, runs)
+    seeds: list[str]
+
+
+def seed_spread(seed_runs: list[RunResults]) -> dict[str, tuple[float, float, int]]:
+    """Each tuned metric's sample standard deviation and range across runs (two or more) that differ in their seed."""
+    import statistics
+
+    if len(seed_runs) < 2:
+        return {}
+    tuned = [under_prefix(run.metrics, "tuned") for run in seed_runs]
+    out = {}
+    for name in sorted(set.intersection(*(set(t) for t in tuned))):
+        values = [t[name] for t in tuned]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[name] = (statistics.stdev(values), max(values) - min(values), len(values))
+    return out
+
+
+def difference_of(a: RunResults, b: RunResults, rows_a: dict | None, rows_b: dict | None,
+                  seed_runs: list[RunResults], samples: int, seed: int) -> Difference:
+    """The intervals of b - a (none when either run lacks per-row results) and the seed runs' spread."""
+    found, dropped = ({}, {}) if rows_a is None or rows_b is None else \
+        intervals.compare_runs(rows_a, rows_b, samples, seed)
+    return Difference(a.label, b.label, found, dropped, seed_spread(seed_runs), [run.label for run in seed_runs])
+
+
+def difference_lines(diff: Difference) -> list[str]:
+    """The comparison as text: per metric, b - a, its interval, the verdict and the seed spread."""
+    lines = [f"tuned: {diff.b} - {diff.a}, paired bootstrap 95% interval over the test rows both runs have"]
+    for part, counts in diff.dropped.items():
+        if any(counts.values()):
+            lines.append(f"  {part} rows left unpaired: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    for name, (value, low, high) in sorted(diff.intervals.items()):
+        line = f"  {name}: {value:+.5g} [{low:+.5g}, {high:+.5g}] {intervals.verdict(low, high, diff.a, diff.b)}"
+        if name in diff.spread:
+            sd, span, n = diff.spread[name]
+            line += f"; across {n} seeds sd {sd:.3g}, range {span:.3g}"
+        lines.append(line)
+    if not diff.intervals:
+        lines.append(f"  no intervals: a run has no {paths.EVAL_ROWS} (`dvc pull` it, or rerun evaluate there)")
+    return lines

@@ -33,6 +33,7 @@ def staged(tmp_path_factory, tiny_base):
     (project / "data/processed").mkdir(parents=True)
     train.astype("string").to_parquet(project / paths.TRAIN_DATA, index=False)
     shutil.copytree(tiny_base, project / paths.BASE_DIR)
+    stage("check_params", project)  # models/params_ok.json, a dep of every stage
     result = dvc("repro", "-s", "report", cwd=project)
     assert "Running stage 'report'" in result.stdout
     return project
@@ -41,7 +42,7 @@ def staged(tmp_path_factory, tiny_base):
 def test_stage_writes_one_self_contained_page(staged):
     html = (staged / paths.REPORT).read_text()
     uris = images(html)
-    assert len(uris) == len(CURVES) + 2  # curves, token lengths, base vs tuned
+    assert len(uris) == len(CURVES) + 3  # curves, token lengths, base vs tuned, tuned - base with intervals
     for uri in uris:
         assert svg_root(uri).tag.endswith("svg")
     assert not re.search(r"<(script|link|iframe|object)\b|@import|url\(|\b(src|href)=\"(?!data:)", html)
@@ -149,7 +150,7 @@ def experiments(tmp_path_factory):
     (root / "params.yaml").write_text("lr: 1.0\n")
     pipeline = {"stages": {"fake_train": {
         "cmd": "python fake_train.py", "deps": ["fake_train.py"], "params": ["lr"],
-        "outs": ["metrics/train_live", paths.SAMPLES, paths.MERGE_METRICS], "metrics": [paths.EVAL_METRICS]}},
+        "outs": ["metrics/train_live", paths.SAMPLES, paths.MERGE_METRICS, paths.EVAL_ROWS], "metrics": [paths.EVAL_METRICS]}},
         "plots": yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]}
     (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     (root / "metrics").mkdir()
@@ -180,6 +181,18 @@ def test_compare_overlays_two_experiments(experiments):
     files = lambda path: (experiments / path).read_text() if (experiments / path).is_file() else None  # noqa: E731
     single = page.run_page(runs.load_run(files, "", CURVES), CURVES, [], 64)
     assert line_colours(svg_root(images(single)[0])) == {"#1f77b4"}
+
+
+def test_compare_gives_the_paired_interval_from_each_revisions_rows(experiments):
+    result = stage("report", experiments, args=["--compare", "HEAD", "half", "--seeds", "HEAD", "half", "-o", "cmp.html"])
+    # half's rows (lr 0.5) have half the loss of HEAD's, read from the DVC cache of each revision
+    assert re.search(r"eval_loss: -0\.99\d* \[-1\.\d+, -0\.8\d+\] half lower than HEAD; across 2 seeds sd 0.707, range 1",
+                     result.stdout), result.stdout
+    section = (experiments / "cmp.html").read_text().split("Is the difference real?")[1]
+    assert metric_cells(section, "eval_loss")[3] == "half lower than HEAD"
+    # Control: a revision against itself: an interval of [0, 0] and no detectable difference.
+    same = stage("report", experiments, args=["--compare", "half", "half", "-o", "same.html"])
+    assert "eval_loss: +0 [+0, +0] no detectable difference" in same.stdout, same.stdout
 
 
 def test_compare_with_an_unknown_revision_fails_by_name(experiments):

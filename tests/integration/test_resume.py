@@ -19,7 +19,10 @@ from finetune.training import checkpoints
 
 MAX_STEPS, SAVE_STEPS = 8, 2
 # Tiny model (FAST_PARAMS), short rows, 8 optimizer steps of 2 rows (1 x 2 accumulated), a checkpoint every 2.
+# lr 3e-3: a step moves the adapter far past the tolerances, so a resume that restores the wrong optimizer, scheduler
+# or RNG state ends elsewhere (the controls below); at lr 1e-5 a step moves a weight by about 1e-5.
 PARAMS = {
+    "lr": 3e-3,
     "prepare": {"n": 60, "max_length": 128, "too_long": "truncate"},
     "train": {"max_steps": MAX_STEPS, "save_steps": SAVE_STEPS, "save_total_limit": 2, "logging_steps": 1,
               "eval_steps": 0, "batch_size": 1, "grad_accum": 2},
@@ -203,6 +206,40 @@ def test_checkpoint_missing_a_file_is_skipped(reference, tmp_path):
     assert_same_result(project, reference)
 
 
+# A resume that loses part of the checkpoint's state, put in place at the train stage's start-up (sitecustomize):
+# Trainer's own loading of that state replaced by nothing.
+RESUME_FAULTS = {
+    "fresh_optimizer": "_load_optimizer_and_scheduler",  # Adam moments and the lr schedule start again
+    "no_rng_state": "_load_rng_state",  # dropout draws as a fresh run does, not as step 6 of this one
+}
+
+
+def differs_from_reference(project: Path, reference: dict) -> float:
+    """The largest difference of the adapter from the uninterrupted run's, after checking the run itself completed."""
+    import torch
+
+    assert metrics(project)["global_step"] == MAX_STEPS
+    weights = adapter(project)
+    return max(float((weights[name].float() - reference["adapter"][name].float()).abs().max()) for name in weights
+               if name in reference["adapter"] and torch.is_floating_point(weights[name]))
+
+
+@pytest.mark.parametrize("fault", RESUME_FAULTS)
+def test_a_resume_that_loses_optimizer_or_rng_state_fails_the_comparison(reference, tmp_path, fault):
+    """Negative controls of every resume test here: each loss of state must fail assert_same_result."""
+    project = copy_project(reference["project"], tmp_path)
+    shutil.rmtree(project / CKPT / f"checkpoint-{MAX_STEPS}")  # resume from checkpoint-6: two steps to go
+    shutil.rmtree(project / "models/adapter")
+    (project / "metrics/train.json").unlink()
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import transformers\ntransformers.Trainer.{RESUME_FAULTS[fault]} = lambda self, checkpoint=None: None\n")
+    result = helpers.stage("train", project, extra_env={"PYTHONPATH": str(tmp_path)})
+    assert f"resuming from {CKPT}/checkpoint-{MAX_STEPS - SAVE_STEPS}" in result.stdout
+    assert differs_from_reference(project, reference) > 1e-4  # 100x assert_same_result's atol
+    with pytest.raises(AssertionError):
+        assert_same_result(project, reference, live_history=False)
+
+
 def test_killed_after_last_checkpoint_does_not_overtrain(reference, tmp_path):
     """Killed after the final checkpoint (during the last evaluation or saving the adapter), then rerun.
 
@@ -227,7 +264,8 @@ def test_dvc_repro_resumes_after_sigkill(prepared, reference, tmp_path):
     for out in PREPARED_OUTS:
         (project / out).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (prepared / out).is_dir() else shutil.copy2)(prepared / out, project / out)
-    helpers.dvc("commit", "-f", "ingest", "base", "prepare", cwd=project)
+    helpers.stage("check_params", project)  # models/params_ok.json, a dep of every stage
+    helpers.dvc("commit", "-f", "check_params", "ingest", "base", "prepare", cwd=project)
     assert "train" in helpers.dvc("status", cwd=project).stdout
     log = tmp_path / "repro.log"
     # its own process group: dvc runs `python -m stages.train` as a child, and both must die

@@ -82,3 +82,59 @@ def test_rows_of_other_lengths_are_refused():
     rows = scored_rows(10)
     with pytest.raises(ValueError, match="not scored on the same rows"):
         intervals.paired(rows, scored_rows(11), 100, 0)
+
+
+# ---------------------------------------------------------------- two runs paired by row key (report --compare)
+
+
+def keyed(rows: dict, keys: list[str]) -> dict:
+    return {"key": keys, **rows}
+
+
+def take(rows: dict, order: list[int]) -> dict:
+    return {c: [values[i] for i in order] for c, values in rows.items()}
+
+
+def test_two_runs_pair_rows_by_key_and_count_the_unpaired():
+    rows = keyed(scored_rows(40), [f"k{i}" for i in range(40)])
+    moved = shifted({c: v for c, v in rows.items() if c != "key"}, -0.25)
+    # b: another order, two of a's rows missing, three rows a does not have (other prompts)
+    b = take(keyed(moved, rows["key"]), list(range(39, 1, -1)))
+    extra = keyed(scored_rows(3, seed=9), ["x0", "x1", "x2"])
+    b = {c: b[c] + extra[c] for c in b}
+    pa, pb, dropped = intervals.pair_by_key(rows, b)
+    assert dropped == {"only_in_a": 2, "only_in_b": 3, "repeated_key": 0}
+    assert "key" not in pa and len(pa["nll"]) == len(pb["nll"]) == 38
+    found, parts = intervals.compare_runs({"scored": rows}, {"scored": b}, 500, 0)
+    assert parts == {"scored": dropped}
+    assert found["eval_loss"] == pytest.approx((-0.25, -0.25, -0.25))  # every paired row moved by exactly -0.25
+    # Negative control: the same rows paired by position (as if keys were ignored) give no such interval.
+    by_position = intervals.paired({c: v[:38] for c, v in rows.items() if c != "key"},
+                                   {c: v[:38] for c, v in b.items() if c != "key"}, 500, 0)["eval_loss"]
+    assert by_position[2] - by_position[1] > 0.05
+
+
+def test_a_repeated_key_is_dropped_and_counted_and_rows_without_keys_are_refused():
+    rows = keyed(scored_rows(5), ["a", "b", "b", "c", "d"])
+    other = keyed(scored_rows(4, seed=3), ["d", "c", "b", "a"])
+    pa, pb, dropped = intervals.pair_by_key(rows, other)
+    assert dropped == {"only_in_a": 0, "only_in_b": 0, "repeated_key": 3}  # both of a's "b" rows and b's one
+    assert pa["nll"] == [rows["nll"][0], rows["nll"][3], rows["nll"][4]]
+    assert pb["nll"] == [other["nll"][3], other["nll"][1], other["nll"][0]]
+    with pytest.raises(ValueError, match="run b's per-row results have no row keys"):
+        intervals.pair_by_key(rows, scored_rows(4))
+
+
+def test_the_verdict_says_no_detectable_difference_when_the_interval_contains_zero():
+    rows = keyed(scored_rows(), [str(i) for i in range(200)])
+    found, _ = intervals.compare_runs({"scored": rows}, {"scored": rows}, 500, 0)
+    assert intervals.verdict(*found["eval_loss"][1:], "main", "exp") == intervals.NO_DIFFERENCE == \
+        "no detectable difference"
+    noisy = keyed(shifted(scored_rows(), 0.0, noise=0.3), rows["key"])
+    _, low, high = intervals.compare_runs({"scored": rows}, {"scored": noisy}, 500, 0)[0]["eval_loss"]
+    assert low < 0 < high and intervals.verdict(low, high) == "no detectable difference"
+    # Control: a real shift is called, with its direction.
+    lower = keyed(shifted(scored_rows(), -0.25, noise=0.2), rows["key"])
+    _, low, high = intervals.compare_runs({"scored": rows}, {"scored": lower}, 500, 0)[0]["eval_loss"]
+    assert intervals.verdict(low, high, "main", "exp") == "exp lower than main"
+    assert intervals.verdict(0.1, 0.2, "main", "exp") == "exp higher than main"

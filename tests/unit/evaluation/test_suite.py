@@ -39,3 +39,18 @@ def test_evaluate_model_with_sampling_is_reproducible(lively_model, tiny_tokeniz
     assert all("sampled" not in o for o in greedy_outputs)
     assert [o["greedy"] for o in greedy_outputs] == [o["greedy"] for o in outputs]
     assert greedy_metrics == metrics
+
+
+def test_row_keys_follow_the_prompt_and_reference_not_the_row_number(lively_model, tiny_tokenizer):
+    test = raw_rows(6)
+    cfg = config.EvaluateParams(batch_size=4, num_samples=3, max_new_tokens=2, seed=3)
+    _, _, rows = suite.evaluate_rows(lively_model, tiny_tokenizer, test, cfg, 512)
+    _, _, reversed_rows = suite.evaluate_rows(lively_model, tiny_tokenizer, test.iloc[::-1].reset_index(drop=True),
+                                              cfg, 512)
+    keys = rows["scored"]["key"]
+    assert len(set(keys)) == 6 and reversed_rows["scored"]["key"] == keys[::-1]  # same rows, same keys
+    assert rows["answered"]["key"] == [keys[i] for i in rows["answered"]["row"]]
+    edited = test.copy()
+    edited.loc[0, "output"] = str(edited.loc[0, "output"]) + " (edited)"
+    _, _, other = suite.evaluate_rows(lively_model, tiny_tokenizer, edited, cfg, 512)
+    assert other["scored"]["key"][0] != keys[0] and other["scored"]["key"][1:] == keys[1:]  # control: another answer

@@ -52,3 +52,17 @@ def test_compare_pairs_answers_by_prompt_not_row_number():
     assert "a loan" not in html  # a prompt only b sampled has no row of a's to go in
     apr = html[html.index("What is APR?"):]
     assert "a stake" not in apr[:apr.index("</tr>")]  # control: by row number, b's row 0 would sit here
+
+
+def test_compare_page_shows_the_interval_and_no_detectable_difference():
+    no_curves = {t: {} for t in CURVES}
+    a, b = runs.RunResults("main", no_curves, EVAL, {}, []), runs.RunResults("exp", no_curves, EVAL, {}, [])
+    diff = runs.Difference("main", "exp", {"eval_loss": (0.01, -0.02, 0.04), "chrf": (-3.0, -5.0, -1.0)},
+                           {"scored": {"only_in_a": 2, "only_in_b": 0, "repeated_key": 0}},
+                           {"eval_loss": (0.03, 0.07, 3)}, ["s1", "s2", "s3"])
+    html = page.compare_page(a, b, CURVES, diff)
+    section = html[html.index("Is the difference real?"):]
+    assert metric_cells(section, "eval_loss") == ["0.01", "-0.02", "0.04", "no detectable difference", "0.03", "0.07"]
+    assert metric_cells(section, "chrf") == ["-3", "-5", "-1", "exp lower than main", "n/a", "n/a"]
+    assert "only_in_a 2" in section and "s1, s2, s3" in section
+    assert "Is the difference real?" not in page.compare_page(a, b, CURVES)  # control: no difference, no section

@@ -64,3 +64,22 @@ def test_compare_table_has_both_runs_and_their_difference():
     rows = {row[0]: row[1:] for row in runs.table_rows(columns)}
     assert [label for label, _ in columns][-1] == "tuned: exp-2 - main"
     assert rows["eval_loss"] == [2.5, 2.0, 2.5, 1.5, -0.5]
+
+
+def keyed_rows(nll: list[float]) -> dict:
+    n = len(nll)
+    return {"scored": {"key": [f"k{i}" for i in range(n)], "row": list(range(n)), "nll": nll,
+                       "entropy": [1.0] * n, "correct": [1] * n, "tokens": [2] * n}}
+
+
+def test_comparison_text_has_the_interval_the_verdict_and_the_seed_spread():
+    a = runs.RunResults("main", {}, EVAL, {}, [])
+    seeds = [runs.RunResults(f"s{i}", {}, {**EVAL, "tuned.eval_loss": v}, {}, []) for i, v in enumerate([1.0, 1.5, 2.0])]
+    same = runs.difference_of(a, a, keyed_rows([2.0, 4.0, 6.0]), keyed_rows([2.0, 4.0, 6.0]), seeds, 200, 0)
+    assert same.spread["eval_loss"] == pytest.approx((0.5, 1.0, 3))
+    text = "\n".join(runs.difference_lines(same))
+    assert "eval_loss: +0 [+0, +0] no detectable difference; across 3 seeds sd 0.5, range 1" in text
+    lower = runs.difference_of(a, a, keyed_rows([2.0, 4.0, 6.0]), keyed_rows([1.0, 3.0, 5.0]), [], 200, 0)
+    assert "eval_loss: -0.5 [-0.5, -0.5] main lower than main" in "\n".join(runs.difference_lines(lower))  # control
+    none = runs.difference_of(a, a, None, keyed_rows([1.0]), [], 200, 0)
+    assert "no intervals" in "\n".join(runs.difference_lines(none))
