@@ -155,10 +155,12 @@ Merge check (fp32): the merged logits differ from base+adapter's by at most
 def for_run(p, merge_keys: list[str], data_counts: dict, eval_metrics: dict, merge_metrics: dict, tokenizer,
             stop_ids: list[int]) -> str:
     """The card of this run: its base (and pinned revision), license, data, hyperparameters and metrics."""
-    source = Path(paths.BASE_DIR, paths.SOURCE_FILE)
-    revision = json.loads(source.read_text()).get("revision") if source.is_file() else None
-    return render(base=p.model.base, revision=revision, license=base_license(modeling.weights_dir(paths.BASE_DIR)),
+    source_file = Path(paths.BASE_DIR, paths.SOURCE_FILE)
+    source = json.loads(source_file.read_text()) if source_file.is_file() else {}
+    revision = source.get("revision")
+    base = source.get("path", p.model.local_dir) if p.model.base == "local" else p.model.base  # the directory itself
+    return render(base=base, revision=revision, license=base_license(modeling.weights_dir(paths.BASE_DIR)),
                   export_dtype=merge_metrics["export_dtype"], data_path=p.data.path, data_counts=data_counts,
                   hyperparameters=hyperparameters(p, merge_keys), evaluation_metrics=eval_metrics,
-                  merge_metrics=merge_metrics, template=template_name(p.model.chat_template, p.model.base),
+                  merge_metrics=merge_metrics, template=template_name(p.model.chat_template, base),
                   example=chat_example(tokenizer), stop_tokens=tokenizer.convert_ids_to_tokens(stop_ids))

@@ -44,6 +44,10 @@ def make_merge_project(root: Path, tiny_base: Path, changes: dict | None = None)
     (project / "metrics").mkdir()
     (project / paths.DATA_METRICS).write_text(json.dumps(DATA_COUNTS))
     (project / paths.EVAL_METRICS).write_text(json.dumps(EVAL_METRICS))
+    tuned_rows = {"nll": [20.0] * TEST_ROWS, "entropy": [30.0] * TEST_ROWS, "correct": [1] * TEST_ROWS,
+                  "tokens": [10] * TEST_ROWS}  # evaluate's per-row sums, for the merged-minus-tuned intervals
+    (project / "data/eval").mkdir(parents=True)
+    (project / paths.EVAL_ROWS).write_text(json.dumps({"tuned": {"scored": tuned_rows}}))
     return project
 
 

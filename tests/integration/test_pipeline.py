@@ -327,7 +327,7 @@ def test_edited_local_model_reruns_base_and_everything_after_it(reproduced, tmp_
     local = tmp_path / "local_model"
     shutil.copytree(project / "models/base", local)  # a complete model directory (the tiny one)
     write_params(project, local_model_params(local))
-    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base"}
+    assert ran(dvc("repro", "base", cwd=project).stdout) == {"check_params", "base"}  # params changed: checked first
     # Downstream outputs would be the same bytes (same weights, same tokenizer): record them instead of
     # rerunning, so the lock is complete for the local model.
     dvc("commit", "-f", *DOWNSTREAM_OF_BASE, cwd=project)
@@ -360,7 +360,7 @@ def test_edited_tokenizer_directory_reruns_base(reproduced, tmp_path):
     tokenizer = tmp_path / "tokenizer"
     tokenizer_files(project / "models/base", tokenizer)
     write_params(project, local_model_params(tokenizer, tokenizer_only=True))
-    assert ran(dvc("repro", "base", cwd=project).stdout) == {"base"}
+    assert ran(dvc("repro", "base", cwd=project).stdout) == {"check_params", "base"}  # params changed: checked first
     before = lock_entry(project, "base")["outs"]
 
     assert ran(dvc("repro", "base", cwd=project).stdout) == set()  # untouched: base not rerun
