@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
+_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
 _TOKEN = re.compile(
     r'\s*(?:(\()|(\))|("(?:[^"\\]|\\.)*")|(`[^`]*`)|(\$?[A-Za-z_]\w*(?:\.\w+)*|\$|\.(?:\w+(?:\.\w+)*)?)|(-?\d+)|(:=|,))'
 )
