@@ -230,6 +230,7 @@ def convert(
         ],
         capture_output=True,
         text=True,
+        check=False,
     )
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])

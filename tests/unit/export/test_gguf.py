@@ -18,7 +18,12 @@ FAMILIES = ["qwen2", "llama3", "phi3"]
 
 
 def _load(model_dir):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GenerationConfig,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     stops = modelfile.stop_token_ids(tokenizer, GenerationConfig.from_pretrained(model_dir))
@@ -35,7 +40,7 @@ def _logits(model, ids):
 def test_a_file_passes_and_holds_the_model(family, kind, family_dir, exported):
     model_dir, path = family_dir(family), exported(family, kind)
     config, tokenizer, stops, merged = _load(model_dir)
-    info, model = gguf.check_file(path, config, tokenizer, model_dir, stops)
+    _, model = gguf.check_file(path, config, tokenizer, model_dir, stops)
     # read back here, not through the code under test: every merged tensor is in the file, as its type
     import gguf as gguf_py
 
