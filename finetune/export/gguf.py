@@ -186,8 +186,9 @@ def dequantized(reader, path, config, names: list[str]) -> dict[str, tuple[str, 
     return out
 
 
-def _ratio(kind: str, ref: np.ndarray, err: np.ndarray) -> float:
-    """Worst error / bound over the tensor (<= 1: within bound)."""
+def _ratio(kind: str, ref: np.ndarray, err: np.ndarray, from_f16: bool = False) -> float:
+    """Worst error / bound over the tensor (<= 1: within bound). from_f16: quantized by llama.cpp from an f16
+    file, so the f16 rounding (<= 2^-11 |x|, and of d) adds to a Q8_0 block's bound (about 0.625 d)."""
     if kind == "F32":
         return 0.0 if not err.any() else float("inf")
     if kind == "F16":
@@ -198,14 +199,20 @@ def _ratio(kind: str, ref: np.ndarray, err: np.ndarray) -> float:
         blocks = ref.reshape(-1, 32)
         d = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)
         d16 = d.astype(np.float16).astype(np.float32)
-        bound = np.broadcast_to(d / 2 + 127 * np.abs(d - d16), blocks.shape).reshape(ref.shape)
+        if from_f16:
+            bound = np.abs(blocks) * 2.0**-11 + d * (1 + 2.0**-11) * (0.5 + 127 * 2.0**-11) + 2.0**-24
+        else:
+            bound = d / 2 + 127 * np.abs(d - d16)
+        bound = np.broadcast_to(bound, blocks.shape).reshape(ref.shape)
     else:
         rms = float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))) or 1e-30
         return float(np.sqrt(np.mean(err.astype(np.float64) ** 2))) / rms / REL_RMS_LIMIT
     return float((err / (bound * (1 + 1e-6) + 1e-30)).max())
 
 
-def check_tensors(reader, path, config, model_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def check_tensors(
+    reader, path, config, model_dir: Path, from_f16: bool = False
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """Per GGUF type: tensors, max |diff|, max error/bound; and the dequantized HF state dict."""
     hf = hf_tensors(model_dir)
     got = dequantized(reader, path, config, list(hf))
@@ -221,7 +228,7 @@ def check_tensors(reader, path, config, model_dir: Path) -> tuple[dict, dict[str
             continue
         array = array.reshape(ref.shape)
         err = np.abs(array - ref)
-        ratio = _ratio(kind, ref, err)
+        ratio = _ratio(kind, ref, err, from_f16)
         if ratio > 1:
             problems.append(
                 f"{name} ({kind}) differs from the merged weight by up to {err.max():.3g} ({ratio:.3g}x its bound)"
@@ -290,7 +297,10 @@ def check_file(path: Path, config, tokenizer, model_dir: Path, stop_ids: list[in
     """Metadata and every tensor checked; (its figures, the HF model holding its dequantized weights)."""
     reader = read(path)
     meta = check_metadata(reader, path.name, config, tokenizer, model_dir, stop_ids)
-    stats, state = check_tensors(reader, path.name, config, model_dir)
+    from finetune.export import converter
+
+    kind = path.stem.rsplit("-", 1)[-1]  # model-<type>.gguf: K-quants are quantized from an f16 file
+    stats, state = check_tensors(reader, path.name, config, model_dir, from_f16=kind not in converter.OUTTYPES)
     del reader
     figures = {
         "size_mb": round(path.stat().st_size / 2**20, 3),
