@@ -78,6 +78,8 @@ def compare(path: Path, hf, tokenizer, conversations, stop_ids) -> dict:
     import llama_cpp
     import torch
 
+    from finetune.evaluation import generation
+
     llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=1024, n_threads=os.cpu_count() or 2, verbose=False)
     try:
         embedded = llm.metadata.get("tokenizer.chat_template", "")
@@ -118,12 +120,11 @@ def compare(path: Path, hf, tokenizer, conversations, stop_ids) -> dict:
             # greedy answers
             p_ids = tokenizer(want, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
-                out = hf.generate(
+                out = hf.generate(  # greedy with every knob neutral, as evaluation (not the model's repetition_penalty)
                     torch.tensor([p_ids]),
-                    max_new_tokens=MAX_NEW,
-                    do_sample=False,
-                    eos_token_id=stop_ids,
-                    pad_token_id=tokenizer.pad_token_id,
+                    generation_config=generation.generation_config(
+                        max_new_tokens=MAX_NEW, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
+                    ),
                     output_scores=True,
                     return_dict_in_generate=True,
                 )
