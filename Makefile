@@ -4,9 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast report bench check-real clean-venv
+.PHONY: setup run test test-fast report bench check-real check-gguf clean-venv
 
-setup: $(STAMP)
+# llama.cpp's GGUF converter (export stage), from the llama-cpp-python sdist pinned in
+# finetune/export/converter.py: fetched once into ~/.cache/finetune/sdist, sha256-checked, extracted
+# into .venv/share/llama.cpp with its gguf-py installed; redone when that file (the pin) changes.
+CONVERTER := $(VENV)/share/llama.cpp/VERSION
+
+setup: $(STAMP) $(CONVERTER)
 
 # Reinstall only when the pins change.
 $(STAMP): requirements.txt
@@ -15,6 +20,9 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --quiet torch==2.13.0  # first, alone: a CPU/CUDA build of the pinned version
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+$(CONVERTER): $(STAMP) finetune/export/converter.py
+	$(BIN)/python -m finetune.export.converter install
 
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
@@ -42,6 +50,12 @@ bench: setup
 # 2 CPU cores): run it after changing train, evaluate, merge or model loading.
 check-real: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.check_real --family $(or $(FAMILY),qwen2)  # make check-real FAMILY=llama
+
+# The exported GGUF files checked by llama.cpp itself (opt-in: the first run builds llama-cpp-python from
+# its pinned sdist, ~7 min on 2 cores, cached): logits and greedy answers vs the merged model, and
+# negative controls. After `make run` (models/gguf); --real: on the Qwen2-0.5B architecture.
+check-gguf: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.check_gguf
 
 clean-venv:
 	rm -rf $(VENV)

@@ -277,6 +277,24 @@ class MergeParams(_Section):
     """Test rows the exported model is scored on (a fixed seeded subset); 0: all, the same rows as evaluate."""
 
 
+GGUFType = Literal["f16", "bf16", "q8_0", "q4_k_m"]
+
+
+class ExportParams(_Section):
+    gguf: list[GGUFType] = Field(["q8_0"], min_length=1)
+    """GGUF files to write (models/gguf/model-<type>.gguf), the first the Modelfile's. q8_0: about half of bf16's
+    size, near lossless; f16/bf16: unquantized; q4_k_m: about a third, lossier, needs llama-cpp-python."""
+    name: Name = "finetuned"
+    """general.name in the files (what llama.cpp and Ollama show). Avoid "phi3"/"phi-3" unless the tokenizer strips
+    after its special tokens: llama.cpp strips after every special token for such names."""
+    eval_rows: int = Field(0, ge=0, json_schema_extra={"why": "0: all test rows"})
+    """Test rows each file (and the merged model, on the same rows) is scored on; 0: all, as merge.eval_rows."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ExportParams:
+        return _check(self, (len(set(self.gguf)) != len(self.gguf), f"export.gguf lists a type twice: {self.gguf}"))
+
+
 class Params(_Section):
     """The sections a stage asked for; the others stay None (and unchecked)."""
 
@@ -288,11 +306,13 @@ class Params(_Section):
     train: TrainParams | None = None
     evaluate: EvaluateParams | None = None
     merge: MergeParams | None = None
+    export: ExportParams | None = None
 
 
 TOP_LEVEL_NUMBERS = {"lr": 1e-5}  # the default, when a stage asks for it
 SECTIONS: dict[str, type[_Section]] = {"data": DataParams, "prepare": PrepareParams, "model": ModelParams,
-                                       "train": TrainParams, "evaluate": EvaluateParams, "merge": MergeParams}
+                                       "train": TrainParams, "evaluate": EvaluateParams, "merge": MergeParams,
+                                       "export": ExportParams}
 
 
 def load(*sections: str, path: str | os.PathLike | None = None) -> Params:

@@ -23,6 +23,7 @@ SOURCE_FILE = "source.json"  # in BASE_DIR: where the weights live when they are
 CHECKPOINT_DIR = "models/checkpoints"  # not a DVC output: kept across runs, cleared when train's inputs change
 ADAPTER_DIR = "models/adapter"
 MERGED_DIR = "models/merged"
+GGUF_DIR = "models/gguf"  # one GGUF per export.gguf entry and the Ollama Modelfile
 
 # metrics (small, in git)
 DATA_METRICS = "metrics/data.json"
@@ -35,5 +36,6 @@ SAMPLES = "metrics/samples.jsonl"
 SAMPLES_PLOT = "metrics/samples.json"  # the same rows as a JSON list: `dvc plots` reads no JSONL
 GENERATION = "metrics/generation.json"  # every decoding knob both models answered with
 MERGE_METRICS = "metrics/merge.json"
+EXPORT_METRICS = "metrics/export.json"
 REPORT = "metrics/report.html"
 COMPARE_REPORT = "report_compare.html"  # `python -m stages.report --compare A B`, not a DVC output

@@ -144,6 +144,12 @@ BAD = [
     ({"merge": {"num_prompts": 0}}, ["merge"], ["merge.num_prompts must be >= 1, got 0"]),
     ({"merge": {"eval_rows": -1}}, ["merge"], ["merge.eval_rows must be >= 0 (0: all test rows), got -1"]),
     ({"merge": {"dtype": "int8"}}, ["merge"], ["merge.dtype must be one of auto, bf16, fp16, fp32, got 'int8'"]),
+    # export
+    ({"export": {"eval_rows": -1}}, ["export"], ["export.eval_rows must be >= 0 (0: all test rows), got -1"]),
+    ({"export": {"gguf": []}}, ["export"], ["export.gguf must not be empty"]),
+    ({"export": {"gguf": ["q2_k"]}}, ["export"], ["export.gguf must be a list of names, got ['q2_k']"]),
+    ({"export": {"gguf": ["q8_0", "q8_0"]}}, ["export"], ["export.gguf lists a type twice: ['q8_0', 'q8_0']"]),
+    ({"export": {"name": " "}}, ["export"], ["export.name must not be empty"]),
     ({"model": {"base": "tiny", "quantization": "4bit", "tiny": {"hidden_size": 32}}}, ["model"],
      ["model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
       "(the bitsandbytes block size), got 32"]),
