@@ -216,7 +216,8 @@ def build(which: str, scratch: Path, kinds: list[str]) -> tuple[Path, list[Path]
 
     from finetune import config, paths, tiny
     from finetune.evaluation import scoring
-    from finetune.export import gguf, modelfile
+    from finetune import chat_format
+    from finetune.export import gguf
 
     model_dir = scratch / which
     if which == "tiny":
@@ -229,7 +230,7 @@ def build(which: str, scratch: Path, kinds: list[str]) -> tuple[Path, list[Path]
 
         check_real.build_model_dir(model_dir)
     tokenizer, cfg = AutoTokenizer.from_pretrained(model_dir), AutoConfig.from_pretrained(model_dir)
-    stops = modelfile.stop_token_ids(tokenizer, None)
+    stops = chat_format.stop_token_ids(tokenizer, None)
     conv = [{"prompt": c[:-1], "completion": c[-1:]} for c in rows(8)]
     merged = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     losses = {"merged": scoring.response_metrics(merged, tokenizer, conv, 4, 256)["eval_loss"]}
@@ -257,7 +258,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finetune.export import modelfile
+    from finetune import chat_format
 
     torch.set_num_threads(os.cpu_count() or 2)
     with tempfile.TemporaryDirectory(dir=common.REPO / "benchmarks") as tmp:
@@ -268,7 +269,7 @@ def main() -> None:
             model_dir, files = Path(args.model), sorted(Path(args.gguf).glob("*.gguf"))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        stops = modelfile.stop_token_ids(tokenizer, None)
+        stops = chat_format.stop_token_ids(tokenizer, None)
         conversations = rows(args.rows)
         results, controls = [], []
         for path in files:

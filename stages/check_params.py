@@ -9,7 +9,7 @@ from finetune import config, errors, files, paths
 
 
 def main() -> None:
-    config.load("lr", "data", "prepare", "model", "train", "evaluate", "merge")
+    config.load("lr", "data", "prepare", "model", "train", "evaluate", "merge", "export")
     files.write_json(paths.PARAMS_OK, {"params": "valid"})  # the same bytes for any valid params
     print(f"check_params: {paths.PARAMS} is valid -> {paths.PARAMS_OK}")
 

@@ -40,7 +40,7 @@ def main() -> None:
     model_config = AutoConfig.from_pretrained(merged_dir)
     has_generation_config = (merged_dir / "generation_config.json").is_file()
     gen_config = GenerationConfig.from_pretrained(merged_dir) if has_generation_config else None
-    stop_ids = modelfile.stop_token_ids(tokenizer, gen_config)
+    stop_ids = chat_format.stop_token_ids(tokenizer, gen_config)
     template, system = modelfile.choose_template(tokenizer)  # a model Ollama cannot prompt fails here
     test = pd.read_parquet(paths.TEST_DATA)
     n, k = len(test), p.export.eval_rows  # all rows, or the seeded subset merge.eval_rows would pick

@@ -65,29 +65,8 @@ EOG_TEXTS = {
 """Tokens llama.cpp's vocabulary loader marks as end-of-generation by their text (llama-vocab.cpp)."""
 
 
-def end_of_turn_id(tokenizer) -> int | None:
-    """The special token the chat template closes an assistant turn with (<|im_end|>, <|eot_id|>, <|end|>)."""
-    mark = "\x00answer\x00"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "q"}, {"role": "assistant", "content": mark}],
-        tokenize=False,
-    )
-    after = text.split(mark, 1)[1] if mark in text else ""
-    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    return next((i for i in ids if i in special), None)
 
 
-def stop_token_ids(tokenizer, generation_config) -> list[int]:
-    """The template's end-of-turn token, the tokenizer's eos and generation_config's eos ids, in that order.
-    Stand-in for finetune.chat_format.stop_token_ids (issue 18), same name and signature."""
-    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    ids = [
-        end_of_turn_id(tokenizer),
-        tokenizer.eos_token_id,
-        *(eos if isinstance(eos, list) else [eos]),
-    ]
-    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 def hf_prompt(tokenizer, messages: list[dict]) -> str:

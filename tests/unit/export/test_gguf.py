@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from finetune.errors import ModelError
-from finetune.export import gguf, modelfile
+from finetune import chat_format
+from finetune.export import gguf
 
 FAMILIES = ["qwen2", "llama3", "phi3"]
 
@@ -26,7 +27,7 @@ def _load(model_dir):
     )
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    stops = modelfile.stop_token_ids(tokenizer, GenerationConfig.from_pretrained(model_dir))
+    stops = chat_format.stop_token_ids(tokenizer, GenerationConfig.from_pretrained(model_dir))
     return AutoConfig.from_pretrained(model_dir), tokenizer, stops, AutoModelForCausalLM.from_pretrained(model_dir)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from finetune import chat_format
 from finetune.errors import ModelError
 from finetune.export import gotemplate, modelfile
 
@@ -56,7 +57,7 @@ def test_stop_tokens_are_the_end_of_turn_then_eos(family_dir):
     from transformers import AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(family_dir("llama3"))
-    stops = modelfile.stop_token_ids(tokenizer, GenerationConfig.from_pretrained(family_dir("llama3")))
+    stops = chat_format.stop_token_ids(tokenizer, GenerationConfig.from_pretrained(family_dir("llama3")))
     assert tokenizer.convert_ids_to_tokens(stops) == ["<|eot_id|>", "<|endoftext|>"]
 
 
