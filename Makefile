@@ -33,6 +33,7 @@ run: setup
 # pipeline in subprocesses, training).
 TEST_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1
 test: setup
+	$(BIN)/ruff format --check .  # one formatter (ruff.toml); `ruff format .` fixes it
 	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # The edit loop: the unit tier only (under 3 minutes on 2 cores).

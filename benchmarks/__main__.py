@@ -38,8 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     os.chdir(common.REPO)  # params.yaml and data/raw are read relative to the repo root
-    report = {"machine": common.machine(), "versions": common.versions(), "quick": args.quick,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "benchmarks": {}}
+    report = {
+        "machine": common.machine(),
+        "versions": common.versions(),
+        "quick": args.quick,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "benchmarks": {},
+    }
     print(f"machine: {report['machine']}")
     for name in args.only or BENCHMARKS:
         start = time.perf_counter()

@@ -29,19 +29,48 @@ import yaml
 from benchmarks import common
 
 # Qwen2-0.5B-Instruct's config.json and generation_config.json, as published.
-QWEN2_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6,
-                 max_position_embeddings=32768, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
-                 sliding_window=32768, max_window_layers=24, use_sliding_window=False)
-SHIPPED_GENERATION = dict(bos_token_id=151643, pad_token_id=151643, do_sample=True, eos_token_id=[151645, 151643],
-                          repetition_penalty=1.1, temperature=0.7, top_p=0.8, top_k=20)
+QWEN2_05B = dict(
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    rope_theta=1e6,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    bos_token_id=151643,
+    eos_token_id=151645,
+    sliding_window=32768,
+    max_window_layers=24,
+    use_sliding_window=False,
+)
+SHIPPED_GENERATION = dict(
+    bos_token_id=151643,
+    pad_token_id=151643,
+    do_sample=True,
+    eos_token_id=[151645, 151643],
+    repetition_penalty=1.1,
+    temperature=0.7,
+    top_p=0.8,
+    top_k=20,
+)
 SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
 # --family llama: Llama-3.2-1B's layout scaled to ~0.5B (hidden 1024, 16 layers, 16 heads, 8 KV heads, intermediate
 # 4096, tied embeddings, rope theta 5e5) on the Qwen2 vocabulary plus Llama-3's special tokens and chat template
 # (no ChatML marker in it), eos <|eot_id|>, no pad token, generation_config eos [<|eot_id|>, <|end_of_text|>].
-LLAMA_05B = dict(hidden_size=1024, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8,
-                 intermediate_size=4096, tie_word_embeddings=True, rope_theta=5e5, max_position_embeddings=8192,
-                 rms_norm_eps=1e-5)
+LLAMA_05B = dict(
+    hidden_size=1024,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    intermediate_size=4096,
+    tie_word_embeddings=True,
+    rope_theta=5e5,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+)
 LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 LLAMA_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -52,8 +81,7 @@ LLAMA_TEMPLATE = (
 # A handful of rows and steps: about 9 tokens/s of training on a 2-core CPU.
 CPU_PARAMS = {
     "prepare": {"n": 60, "max_length": 128, "too_long": "drop"},
-    "train": {"max_steps": 2, "batch_size": 1, "grad_accum": 2, "save_steps": 1, "eval_steps": 0,
-              "logging_steps": 1},
+    "train": {"max_steps": 2, "batch_size": 1, "grad_accum": 2, "save_steps": 1, "eval_steps": 0, "logging_steps": 1},
     "evaluate": {"batch_size": 16, "num_samples": 2, "max_new_tokens": 8},
     "merge": {"num_prompts": 2},
 }
@@ -97,20 +125,31 @@ def build_llama_dir(out: Path) -> dict:
         Qwen2Tokenizer,
     )
 
-    tokenizer = Qwen2Tokenizer(vocab=str(common.QWEN2_TOKENIZER / "vocab.json"),
-                               merges=str(common.QWEN2_TOKENIZER / "merges.txt"),
-                               unk_token=None, bos_token=None, eos_token=None, pad_token=None)
+    tokenizer = Qwen2Tokenizer(
+        vocab=str(common.QWEN2_TOKENIZER / "vocab.json"),
+        merges=str(common.QWEN2_TOKENIZER / "merges.txt"),
+        unk_token=None,
+        bos_token=None,
+        eos_token=None,
+        pad_token=None,
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": LLAMA_SPECIALS})
-    tokenizer.bos_token, tokenizer.eos_token, tokenizer.chat_template = "<|begin_of_text|>", "<|eot_id|>", LLAMA_TEMPLATE
+    tokenizer.bos_token, tokenizer.eos_token, tokenizer.chat_template = (
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        LLAMA_TEMPLATE,
+    )
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in LLAMA_SPECIALS}
     ends = [ids["<|eot_id|>"], ids["<|end_of_text|>"]]
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ends,
-                         **LLAMA_05B)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ends, **LLAMA_05B
+    )
     config.dtype = torch.bfloat16
     model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.generation_config = GenerationConfig(bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ends,
-                                               do_sample=True, temperature=0.6, top_p=0.9)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ends, do_sample=True, temperature=0.6, top_p=0.9
+    )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"parameters": sum(p.numel() for p in model.parameters()), "special_ids": ids, "stop_ids": ends}
@@ -155,8 +194,10 @@ def check_outputs(project: Path, built: dict | None = None) -> list[str]:
         finite(key, evaluation.get(key))
     generation = read("metrics/generation.json")
     if built and "stop_ids" in built and generation.get("generation.eos_token_id") != built["stop_ids"]:
-        problems.append(f"generation stopped at {generation.get('generation.eos_token_id')}, "
-                        f"expected the model's end of turn and eos {built['stop_ids']}")
+        problems.append(
+            f"generation stopped at {generation.get('generation.eos_token_id')}, "
+            f"expected the model's end of turn and eos {built['stop_ids']}"
+        )
     settings = {k: v for k, v in generation.items() if "repetition_penalty" in k}
     if not settings or any(v != 1.0 for v in settings.values()):
         problems.append(f"generation used {settings}, expected no repetition penalty (greedy)")
@@ -182,11 +223,19 @@ def flops_per_token_lora(parameters: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="reference settings on CUDA, 8-bit and 4-bit")
-    parser.add_argument("--family", choices=sorted(BUILDERS), default="qwen2",
-                        help="qwen2: Qwen2-0.5B-Instruct's config (default); llama: a Llama-3-style ~0.5B")
+    parser.add_argument(
+        "--family",
+        choices=sorted(BUILDERS),
+        default="qwen2",
+        help="qwen2: Qwen2-0.5B-Instruct's config (default); llama: a Llama-3-style ~0.5B",
+    )
     parser.add_argument("--keep", type=Path, help="keep the project here instead of a temp dir")
-    parser.add_argument("--bf16-peak-tflops", type=float, default=None,
-                        help="the card's dense bf16 peak for MFU (e.g. 989 for an H100/H200 SXM)")
+    parser.add_argument(
+        "--bf16-peak-tflops",
+        type=float,
+        default=None,
+        help="the card's dense bf16 peak for MFU (e.g. 989 for an H100/H200 SXM)",
+    )
     args = parser.parse_args(argv)
     if common.qwen2_tokenizer_dir() is None:
         raise SystemExit(f"check_real: needs the real Qwen2 tokenizer in {common.QWEN2_TOKENIZER}")
@@ -199,21 +248,36 @@ def main(argv: list[str] | None = None) -> None:
     print(f"check_real: built {model_dir} ({built['parameters']:,} parameters) in {time.perf_counter() - start:.0f}s")
 
     profiles = ["8bit", "4bit"] if args.gpu else ["8bit"]
-    report = {"machine": common.machine(), "versions": common.versions(), "family": args.family, "model": built,
-              "runs": {}}
+    report = {
+        "machine": common.machine(),
+        "versions": common.versions(),
+        "family": args.family,
+        "model": built,
+        "runs": {},
+    }
     for quantization in profiles:
-        changes = common.deep_update(GPU_PARAMS if args.gpu else CPU_PARAMS, {
-            "model": {"base": "local", "local_dir": str(model_dir), "quantization": quantization}, "data": {"path": common.data_source()}})
+        changes = common.deep_update(
+            GPU_PARAMS if args.gpu else CPU_PARAMS,
+            {
+                "model": {"base": "local", "local_dir": str(model_dir), "quantization": quantization},
+                "data": {"path": common.data_source()},
+            },
+        )
         project = common.copy_project(root / quantization, changes)
         stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
         figures = {}
         for name in stages:
             figures[name] = common.run_stage(name, project, env={"TOKENIZERS_PARALLELISM": "false"})
-            print(f"  {quantization} {name:<14} {figures[name]['seconds']:>7.1f} s  "
-                  f"peak {figures[name]['peak_rss_mb']:>6.0f} MB")
+            print(
+                f"  {quantization} {name:<14} {figures[name]['seconds']:>7.1f} s  "
+                f"peak {figures[name]['peak_rss_mb']:>6.0f} MB"
+            )
         problems = check_outputs(project, built)
-        speed = json.loads((project / "metrics/train_speed.json").read_text()) \
-            if (project / "metrics/train_speed.json").is_file() else {}
+        speed = (
+            json.loads((project / "metrics/train_speed.json").read_text())
+            if (project / "metrics/train_speed.json").is_file()
+            else {}
+        )
         run = {"stages": figures, "problems": problems, "train_speed": speed}
         if args.bf16_peak_tflops and speed.get("tokens_per_second"):
             achieved = flops_per_token_lora(built["parameters"]) * speed["tokens_per_second"]

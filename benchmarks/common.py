@@ -28,8 +28,19 @@ ALPACA = SHARED / "data" / "alpaca" / "alpaca_5000.json"  # real Alpaca rows, wh
 QWEN2_TOKENIZER = SHARED / "tokenizers" / "qwen2"  # real Qwen2 vocab.json + merges.txt, when present
 EMBEDDED_SAMPLE = REPO / "data" / "raw" / "finance_alpaca.parquet"
 # What a copy of the project needs to run its stages and its pipeline.
-PROJECT_FILES = ("stages", "finetune", "data/raw", "models/local_model", ".dvc/plots", ".dvc/config", "dvc.yaml", "params.yaml",
-                 "requirements.txt", ".gitignore", ".dvcignore")
+PROJECT_FILES = (
+    "stages",
+    "finetune",
+    "data/raw",
+    "models/local_model",
+    ".dvc/plots",
+    ".dvc/config",
+    "dvc.yaml",
+    "params.yaml",
+    "requirements.txt",
+    ".gitignore",
+    ".dvcignore",
+)
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, Any]:
@@ -69,11 +80,26 @@ def machine() -> dict:
     """Where the figures were measured."""
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "torch_threads": torch.get_num_threads(), "gpu": None}
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": None,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -104,8 +130,16 @@ def qwen2_tokenizer_dir() -> str | None:
 # A whole `dvc repro` in seconds on 2 cores, through the same code as the default (the tests' FAST_PARAMS).
 QUICK_PARAMS = {
     "prepare": {"n": 120, "test_fraction": 0.25, "max_length": 256},
-    "model": {"tiny": {"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
-                       "num_heads": 2, "num_kv_heads": 1}},
+    "model": {
+        "tiny": {
+            "vocab_size": 512,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 2,
+            "num_heads": 2,
+            "num_kv_heads": 1,
+        }
+    },
     "train": {"epochs": 1, "max_steps": 6, "save_steps": 3, "logging_steps": 1, "eval_steps": 3},
     "evaluate": {"batch_size": 8, "num_samples": 4, "max_new_tokens": 8},
     "merge": {"num_prompts": 2},
@@ -158,12 +192,23 @@ def run_stage(name: str, project: Path, env: dict | None = None, cpus: int | Non
     log = project / f"{name}.log"
     pin = (lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])) if cpus else None
     with tempfile.NamedTemporaryFile("r", suffix=".json") as figures, log.open("w") as out:
-        subprocess.run([sys.executable, "-c", _LAUNCHER, figures.name, sys.executable, "-m", f"stages.{name}"],
-                       cwd=project, env={k: v for k, v in env.items() if v is not None}, stdout=out,
-                       stderr=subprocess.STDOUT, preexec_fn=pin, check=True)
+        subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, figures.name, sys.executable, "-m", f"stages.{name}"],
+            cwd=project,
+            env={k: v for k, v in env.items() if v is not None},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=pin,
+            check=True,
+        )
         code, seconds, cpu_seconds, peak_mb = json.load(figures)
     if code:
-        raise SystemExit(f"stages.{name} failed ({code}) in {project}; the end of {log.name}:\n"
-                         f"{log.read_text()[-4000:]}")
-    return {"seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2), "peak_rss_mb": round(peak_mb, 1),
-            "log": str(log)}
+        raise SystemExit(
+            f"stages.{name} failed ({code}) in {project}; the end of {log.name}:\n{log.read_text()[-4000:]}"
+        )
+    return {
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "peak_rss_mb": round(peak_mb, 1),
+        "log": str(log),
+    }

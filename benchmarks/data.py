@@ -73,14 +73,20 @@ def run(quick: bool) -> dict:
     def median(stage: str, key: str) -> float:
         return round(statistics.median(r[stage][key] for r in runs), 2)
 
-    result = {stage: {key: median(stage, key) for key in ("seconds", "cpu_seconds", "peak_rss_mb")}
-              for stage in STAGES}
+    result = {stage: {key: median(stage, key) for key in ("seconds", "cpu_seconds", "peak_rss_mb")} for stage in STAGES}
     total = round(statistics.median(sum(r[s]["seconds"] for s in STAGES) for r in runs), 2)
     peak = max(result[s]["peak_rss_mb"] for s in STAGES)
     result.update(
-        rows=n_rows, source=common.data_source(), cpus=CPUS, repeats=repeats, warmup=warmup,
-        generate_seconds=round(generated_seconds, 1), total_seconds=total, peak_rss_mb=peak,
-        target={"total_seconds": 60, "peak_rss_mb": 4096}, prepare_counts=counts,
+        rows=n_rows,
+        source=common.data_source(),
+        cpus=CPUS,
+        repeats=repeats,
+        warmup=warmup,
+        generate_seconds=round(generated_seconds, 1),
+        total_seconds=total,
+        peak_rss_mb=peak,
+        target={"total_seconds": 60, "peak_rss_mb": 4096},
+        prepare_counts=counts,
         load_average=os.getloadavg(),
     )
     result["table"] = [
@@ -88,9 +94,12 @@ def run(quick: bool) -> dict:
         *[[f"{s} wall / cpu", f"{result[s]['seconds']:.1f} s / {result[s]['cpu_seconds']:.1f} s"] for s in STAGES],
         *[[f"{s} peak RSS", f"{result[s]['peak_rss_mb']:,.0f} MB"] for s in STAGES],
         ["ingest + prepare", f"{total:.1f} s (target < 60 s), peak {peak:,.0f} MB (target < 4,096 MB)"],
-        ["prepare counted", f"{counts['rows_kept']:,} kept, {counts['dropped_total']:,} dropped, "
-                            f"{counts.get('rows_unchecked', 0):,} not needed, "
-                            f"{counts.get('length_checked', 0):,} length-checked"],
+        [
+            "prepare counted",
+            f"{counts['rows_kept']:,} kept, {counts['dropped_total']:,} dropped, "
+            f"{counts.get('rows_unchecked', 0):,} not needed, "
+            f"{counts.get('length_checked', 0):,} length-checked",
+        ],
         ["load average", " ".join(f"{x:.1f}" for x in result["load_average"]) + f" ({os.cpu_count()} cores)"],
     ]
     return result

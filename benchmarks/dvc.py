@@ -24,10 +24,16 @@ UP_TO_DATE = {}  # `dvc status --json` of an up-to-date pipeline
 
 def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([str(bin_dir / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True,
-                          check=True)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    return subprocess.run(
+        [str(bin_dir / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True, check=True
+    )
 
 
 def is_complete(project: Path) -> bool:
@@ -47,8 +53,11 @@ def init_repo(project: Path) -> None:
     shutil.copytree(kept, project / ".dvc", dirs_exist_ok=True)
     shutil.rmtree(kept)
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "copy"],
-                   cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "copy"],
+        cwd=project,
+        check=True,
+    )
 
 
 def completed_copy(root: Path, quick: bool) -> tuple[Path, float]:
@@ -80,8 +89,12 @@ def du_kb(project: Path, *paths: str) -> int:
 
 
 def link_type(project: Path, outputs: list[str]) -> str:
-    files = [f for out in outputs for f in ([project / out] if (project / out).is_file()
-                                             else (project / out).rglob("*")) if f.is_file() or f.is_symlink()]
+    files = [
+        f
+        for out in outputs
+        for f in ([project / out] if (project / out).is_file() else (project / out).rglob("*"))
+        if f.is_file() or f.is_symlink()
+    ]
     if not files:
         return "none"
     if all(f.is_symlink() for f in files):
@@ -98,8 +111,10 @@ def run(quick: bool) -> dict:
             project, setup = common.REPO, {"where": "the project (pipeline complete)", "repro_seconds": None}
         else:
             project, seconds = completed_copy(Path(tmp), quick)
-            setup = {"where": f"temp copy, {'tiny test' if quick else 'default'} params",
-                     "repro_seconds": round(seconds, 1)}
+            setup = {
+                "where": f"temp copy, {'tiny test' if quick else 'default'} params",
+                "repro_seconds": round(seconds, 1),
+            }
         repro, _ = common.median_seconds(lambda: dvc(project, "repro"), repeats=repeats, warmup=1)
         status, shown = common.median_seconds(lambda: dvc(project, "status", "--json"), repeats=repeats, warmup=1)
         assert json.loads(shown.stdout) == UP_TO_DATE, shown.stdout  # a no-op: nothing else changed

@@ -43,8 +43,12 @@ def full_logits_batch_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     probs = log_probs.exp()
     entropy = -torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs)).sum(-1)
     correct = picked.argmax(-1) == targets
-    return {"nll": nll.sum().item(), "entropy": entropy.sum().item(), "correct": int(correct.sum().item()),
-            "tokens": int(mask.sum().item())}
+    return {
+        "nll": nll.sum().item(),
+        "entropy": entropy.sum().item(),
+        "correct": int(correct.sum().item()),
+        "tokens": int(mask.sum().item()),
+    }
 
 
 @torch.inference_mode()
@@ -60,8 +64,12 @@ def full_logits_metrics(model, tokenizer, conversations, batch_size: int, max_le
         if len(scored) == 0:
             continue
         first = int(scored[0])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                       logits_to_keep=batch["input_ids"].shape[1] - first).logits
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            use_cache=False,
+            logits_to_keep=batch["input_ids"].shape[1] - first,
+        ).logits
         for key, value in full_logits_batch_stats(logits, batch["labels"][:, first:]).items():
             total[key] += value
         del logits
@@ -99,11 +107,20 @@ def qwen2_vocab_model():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer_dir = common.qwen2_tokenizer_dir()
-    tokenizer = (tiny.qwen2_tokenizer_from_files(tokenizer_dir) if tokenizer_dir
-                 else tiny_model()[1])  # embedded sample's BPE: same vocabulary-sized output layer
-    config = Qwen2Config(vocab_size=QWEN2_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    tokenizer = (
+        tiny.qwen2_tokenizer_from_files(tokenizer_dir) if tokenizer_dir else tiny_model()[1]
+    )  # embedded sample's BPE: same vocabulary-sized output layer
+    config = Qwen2Config(
+        vocab_size=QWEN2_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(SEED)
     return Qwen2ForCausalLM(config).eval(), tokenizer, bool(tokenizer_dir)
 
@@ -124,11 +141,19 @@ def generation(quick: bool) -> dict:
     alone_s, alone = common.median_seconds(lambda: run(1), repeats, warmup)
     assert batched == alone, "batched generation changed the answers"
     tokens = sum(r["tokens"] for r in batched)
-    return {"prompts": len(conversations), "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens,
-            "generated_tokens": tokens, "stopped": sum(r["stopped"] for r in batched),
-            "distinct_answers": len({r["text"] for r in batched}), "same_outputs": True,
-            "batched_seconds": round(batched_s, 3), "one_at_a_time_seconds": round(alone_s, 3),
-            "speedup": round(alone_s / batched_s, 2), "batched_tokens_per_second": round(tokens / batched_s, 1)}
+    return {
+        "prompts": len(conversations),
+        "batch_size": cfg.batch_size,
+        "max_new_tokens": cfg.max_new_tokens,
+        "generated_tokens": tokens,
+        "stopped": sum(r["stopped"] for r in batched),
+        "distinct_answers": len({r["text"] for r in batched}),
+        "same_outputs": True,
+        "batched_seconds": round(batched_s, 3),
+        "one_at_a_time_seconds": round(alone_s, 3),
+        "speedup": round(alone_s / batched_s, 2),
+        "batched_tokens_per_second": round(tokens / batched_s, 1),
+    }
 
 
 def scoring(quick: bool) -> dict:
@@ -141,9 +166,13 @@ def scoring(quick: bool) -> dict:
     full_s, before = common.median_seconds(lambda: full_logits_metrics(*args), repeats, warmup)
     _check_same(before, after)
     tokens = after["response_tokens"]
-    return {"rows": len(conversations), "vocab": model.config.vocab_size, "response_tokens": tokens,
-            "tokens_per_second": round(tokens / chunked_s, 1),
-            "full_logits_tokens_per_second": round(tokens / full_s, 1)}
+    return {
+        "rows": len(conversations),
+        "vocab": model.config.vocab_size,
+        "response_tokens": tokens,
+        "tokens_per_second": round(tokens / chunked_s, 1),
+        "full_logits_tokens_per_second": round(tokens / full_s, 1),
+    }
 
 
 def scoring_peak_memory(way: str, rows: int, batch_size: int, max_length: int) -> dict:
@@ -159,26 +188,36 @@ def scoring_peak_memory(way: str, rows: int, batch_size: int, max_length: int) -
         refs.write("5")
     start_mb = common.status_mb("VmRSS")
     metrics = score(model, tokenizer, conversations, batch_size, max_length)
-    return {"metrics": metrics, "rss_before_scoring_mb": round(start_mb, 1),
-            "scoring_peak_rss_mb": round(common.status_mb("VmHWM"), 1),
-            "scoring_peak_above_start_mb": round(common.status_mb("VmHWM") - start_mb, 1),
-            "qwen2_tokenizer": real_tokenizer,
-            "longest_batch": _longest_batch(tokenizer, conversations, batch_size, max_length)}
+    return {
+        "metrics": metrics,
+        "rss_before_scoring_mb": round(start_mb, 1),
+        "scoring_peak_rss_mb": round(common.status_mb("VmHWM"), 1),
+        "scoring_peak_above_start_mb": round(common.status_mb("VmHWM") - start_mb, 1),
+        "qwen2_tokenizer": real_tokenizer,
+        "longest_batch": _longest_batch(tokenizer, conversations, batch_size, max_length),
+    }
 
 
 def _longest_batch(tokenizer, conversations, batch_size, max_length) -> dict:
-    lengths = sorted((scorer.encode_example(tokenizer, c, max_length) for c in conversations),
-                     key=lambda e: len(e[0]))
+    lengths = sorted((scorer.encode_example(tokenizer, c, max_length) for c in conversations), key=lambda e: len(e[0]))
     last = lengths[-batch_size:]
-    return {"rows": len(last), "width": len(last[-1][0]),
-            "response_tokens": sum(sum(label != -100 for label in labels[1:]) for _, labels in last)}
+    return {
+        "rows": len(last),
+        "width": len(last[-1][0]),
+        "response_tokens": sum(sum(label != -100 for label in labels[1:]) for _, labels in last),
+    }
 
 
 def memory(quick: bool) -> dict:
     max_length = config.load("prepare").prepare.max_length
     rows, batch = (8, 4) if quick else (48, MEMORY_BATCH)
-    result = {"vocab": QWEN2_VOCAB, "batch_size": batch, "rows": rows,
-              "chunk_tokens": scorer.chunk_tokens(QWEN2_VOCAB), "chunk_mb": scorer.CHUNK_BYTES // 2**20}
+    result = {
+        "vocab": QWEN2_VOCAB,
+        "batch_size": batch,
+        "rows": rows,
+        "chunk_tokens": scorer.chunk_tokens(QWEN2_VOCAB),
+        "chunk_mb": scorer.CHUNK_BYTES // 2**20,
+    }
     for way in ("before", "after"):
         measured = common.isolated(scoring_peak_memory, way, rows, batch, max_length)
         result[way] = {**measured["result"], "process_peak_rss_mb": measured["peak_rss_mb"]}
@@ -197,15 +236,23 @@ def run(quick: bool) -> dict:
     gen, score, mem = generation(quick), scoring(quick), memory(quick)
     before, after = mem["before"], mem["after"]
     table = [
-        [f"generation: {gen['prompts']} prompts x {gen['max_new_tokens']} new tokens, batch {gen['batch_size']}",
-         f"{gen['batched_seconds']} s batched, {gen['one_at_a_time_seconds']} s one at a time"],
+        [
+            f"generation: {gen['prompts']} prompts x {gen['max_new_tokens']} new tokens, batch {gen['batch_size']}",
+            f"{gen['batched_seconds']} s batched, {gen['one_at_a_time_seconds']} s one at a time",
+        ],
         ["generation speed-up (target >= 5x), same outputs", f"{gen['speedup']}x, {gen['same_outputs']}"],
-        [f"scoring: {score['response_tokens']} response tokens, vocab {score['vocab']}",
-         f"{score['tokens_per_second']} tokens/s (full logits: {score['full_logits_tokens_per_second']})"],
-        [f"scoring peak RSS, vocab {mem['vocab']}, batch {mem['batch_size']}, {mem['rows']} Alpaca rows",
-         f"before {before['scoring_peak_rss_mb']:.0f} MB, after {after['scoring_peak_rss_mb']:.0f} MB"],
-        ["  of which the scoring added to the loaded model and data",
-         f"before {before['scoring_peak_above_start_mb']:.0f} MB, after {after['scoring_peak_above_start_mb']:.0f} MB"
-         f" (chunks of {mem['chunk_tokens']} tokens, <= {mem['chunk_mb']} MB)"],
+        [
+            f"scoring: {score['response_tokens']} response tokens, vocab {score['vocab']}",
+            f"{score['tokens_per_second']} tokens/s (full logits: {score['full_logits_tokens_per_second']})",
+        ],
+        [
+            f"scoring peak RSS, vocab {mem['vocab']}, batch {mem['batch_size']}, {mem['rows']} Alpaca rows",
+            f"before {before['scoring_peak_rss_mb']:.0f} MB, after {after['scoring_peak_rss_mb']:.0f} MB",
+        ],
+        [
+            "  of which the scoring added to the loaded model and data",
+            f"before {before['scoring_peak_above_start_mb']:.0f} MB, after {after['scoring_peak_above_start_mb']:.0f} MB"
+            f" (chunks of {mem['chunk_tokens']} tokens, <= {mem['chunk_mb']} MB)",
+        ],
     ]
     return {"table": table, "generation": gen, "scoring": score, "memory": mem, "data": common.data_source()}

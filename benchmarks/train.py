@@ -38,8 +38,14 @@ REFERENCE = {"train": {"speed": {"padding_free": False, "labelled_logits_only": 
 # The default with one switch set back, to show where the speed-up comes from.
 ABLATIONS = {"default, every position scored": {"train": {"speed": {"labelled_logits_only": False}}}}
 QUANTIZATIONS = ("8bit", "4bit", "none")
-MODEL = {"vocab_size": 8192, "hidden_size": 256, "intermediate_size": 768, "num_layers": 4, "num_heads": 4,
-         "num_kv_heads": 2}
+MODEL = {
+    "vocab_size": 8192,
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_layers": 4,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+}
 
 
 def run_params(changes: dict, steps: int):
@@ -57,19 +63,23 @@ def throughput(marks: list[tuple[float, float, int]], warmup: int, block: int) -
     marks: (wall clock, process time, tokens so far) at the start of training and at every step's end.
     """
     steps = [tuple(b - a for a, b in zip(before, after)) for before, after in zip(marks, marks[1:])][warmup:]
-    blocks = [steps[i:i + block] for i in range(0, len(steps) - block + 1, block)]
+    blocks = [steps[i : i + block] for i in range(0, len(steps) - block + 1, block)]
     if not blocks:
         raise ValueError(f"{len(marks) - 1} steps leave no block of {block} after {warmup} warm-up steps")
     wall = [sum(s[2] for s in b) / sum(s[0] for s in b) for b in blocks]
     cpu = [sum(s[2] for s in b) / sum(s[1] for s in b) for b in blocks]
-    return {"tokens_per_second": round(statistics.median(wall), 1),
-            "tokens_per_cpu_second": round(statistics.median(cpu), 1),
-            "seconds_per_step": round(statistics.median(s[0] for s in steps), 3),
-            "blocks": len(blocks), "tokens_per_step": round(statistics.mean(s[2] for s in steps), 1)}
+    return {
+        "tokens_per_second": round(statistics.median(wall), 1),
+        "tokens_per_cpu_second": round(statistics.median(cpu), 1),
+        "seconds_per_step": round(statistics.median(s[0] for s in steps), 3),
+        "blocks": len(blocks),
+        "tokens_per_step": round(statistics.mean(s[2] for s in steps), 1),
+    }
 
 
-def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, steps: int, warmup: int,
-               block: int) -> dict:
+def train_once(
+    model_dir: str, train_path: str, eval_path: str, changes: dict, steps: int, warmup: int, block: int
+) -> dict:
     """One training run as the train stage configures it; its throughput and the eval loss it ends at."""
     import torch
     from peft import prepare_model_for_kbit_training
@@ -104,20 +114,30 @@ def train_once(model_dir: str, train_path: str, eval_path: str, changes: dict, s
         on_train_begin = on_step_end = mark
 
     clock = StepClock()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=sft.dataset(pd.read_parquet(train_path)),
-                         processing_class=tokenizer, peft_config=sft.lora_config(p.train, modeling.lora_targets(model, p.train.lora.target_modules)),
-                         callbacks=[clock])
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=sft.dataset(pd.read_parquet(train_path)),
+        processing_class=tokenizer,
+        peft_config=sft.lora_config(p.train, modeling.lora_targets(model, p.train.lora.target_modules)),
+        callbacks=[clock],
+    )
     trainer.remove_callback(PrinterCallback)
     compat.keep_lora_weights_fp32(trainer.model)  # as the stage does
     output = trainer.train()
     conversations = chat_format.conversations(pd.read_parquet(eval_path))
     scored = scoring.response_metrics(trainer.model, tokenizer, conversations, 16, p.prepare.max_length)
-    return {**throughput(clock.marks, warmup, block), "eval_loss": round(scored["eval_loss"], 5),
-            "train_loss": round(output.training_loss, 5), "steps": trainer.state.global_step,
-            "examples_per_step": config.per_device_train_batch_size * config.gradient_accumulation_steps,
-            "torch_threads": torch.get_num_threads(), "weights_mb": round(weights_mb, 1),
-            "switches": p.train.speed.model_dump(),
-            "quantization": p.model.quantization}
+    return {
+        **throughput(clock.marks, warmup, block),
+        "eval_loss": round(scored["eval_loss"], 5),
+        "train_loss": round(output.training_loss, 5),
+        "steps": trainer.state.global_step,
+        "examples_per_step": config.per_device_train_batch_size * config.gradient_accumulation_steps,
+        "torch_threads": torch.get_num_threads(),
+        "weights_mb": round(weights_mb, 1),
+        "switches": p.train.speed.model_dump(),
+        "quantization": p.model.quantization,
+    }
 
 
 def base_eval_loss(model_dir: str, eval_path: str, steps: int) -> float:
@@ -139,8 +159,9 @@ def split_rows(frame, tokenizer, max_length: int, n_train: int, n_eval: int):
     from finetune.data import cleaning, splitting
 
     n = n_train + n_eval
-    kept, _ = cleaning.clean(frame, lambda rows: chat_format.token_lengths(tokenizer, rows, fits=max_length),
-                             max_length, "drop", n, SEED)
+    kept, _ = cleaning.clean(
+        frame, lambda rows: chat_format.token_lengths(tokenizer, rows, fits=max_length), max_length, "drop", n, SEED
+    )
     train_rows, val_rows, test_rows = splitting.sample_and_split(kept, n, n_eval / n / 2, n_eval / n / 2, SEED)
     return train_rows, pd.concat([val_rows, test_rows], ignore_index=True)
 
@@ -161,16 +182,25 @@ def make_inputs(tmp: Path, n_train: int, n_eval: int, rows=None) -> dict:
     train_rows.astype("string").to_parquet(tmp / "train.parquet")
     eval_rows.astype("string").to_parquet(tmp / "eval.parquet")
     lengths = chat_format.token_lengths(tokenizer, train_rows)
-    return {"model_dir": str(tmp / "model"), "train_path": str(tmp / "train.parquet"),
-            "eval_path": str(tmp / "eval.parquet"), "train_rows": len(train_rows), "eval_rows": len(eval_rows),
-            "parameters": sum(t.numel() for t in model.parameters()),
-            "mean_tokens": round(float(lengths.mean()), 1), "max_tokens": int(lengths.max())}
+    return {
+        "model_dir": str(tmp / "model"),
+        "train_path": str(tmp / "train.parquet"),
+        "eval_path": str(tmp / "eval.parquet"),
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "parameters": sum(t.numel() for t in model.parameters()),
+        "mean_tokens": round(float(lengths.mean()), 1),
+        "max_tokens": int(lengths.max()),
+    }
 
 
 def measured(fn, *args) -> dict:
     out = common.isolated(fn, *args)
-    return {**out["result"], "peak_rss_mb": out["peak_rss_mb"],
-            **({"peak_gpu_mb": out["peak_gpu_mb"]} if "peak_gpu_mb" in out else {})}
+    return {
+        **out["result"],
+        "peak_rss_mb": out["peak_rss_mb"],
+        **({"peak_gpu_mb": out["peak_gpu_mb"]} if "peak_gpu_mb" in out else {}),
+    }
 
 
 def run(quick: bool) -> dict:
@@ -185,8 +215,10 @@ def run(quick: bool) -> dict:
         reference = measured(train_once, *paths, REFERENCE, *timing)
         default = measured(train_once, *paths, {}, *timing)
         ablations = {name: measured(train_once, *paths, changes, *timing) for name, changes in ABLATIONS.items()}
-        quant = {q: default if q == quantization else measured(train_once, *paths, {"model": {"quantization": q}}, *timing)
-                 for q in QUANTIZATIONS}
+        quant = {
+            q: default if q == quantization else measured(train_once, *paths, {"model": {"quantization": q}}, *timing)
+            for q in QUANTIZATIONS
+        }
     load_after = os.getloadavg()
 
     speedup = default["tokens_per_second"] / reference["tokens_per_second"]
@@ -195,31 +227,60 @@ def run(quick: bool) -> dict:
     # The same difference as a share of what the reference learned: 2% of the loss can exceed all of it.
     of_learned = (default["eval_loss"] - reference["eval_loss"]) / (before - reference["eval_loss"])
     table = [
-        ["data", f"{Path(common.data_source()).name}: {inputs['train_rows']} train / {inputs['eval_rows']} eval rows, "
-                 f"{inputs['mean_tokens']} tokens mean, {inputs['max_tokens']} max"],
+        [
+            "data",
+            f"{Path(common.data_source()).name}: {inputs['train_rows']} train / {inputs['eval_rows']} eval rows, "
+            f"{inputs['mean_tokens']} tokens mean, {inputs['max_tokens']} max",
+        ],
         ["model", f"random Qwen2 {MODEL}, {inputs['parameters']:,} parameters, {quantization}"],
-        ["training", f"{steps} steps x {reference['examples_per_step']} examples, lr {LR:g}; "
-                     f"timed: median of {reference['blocks']} blocks of {block} steps after {warmup}"],
+        [
+            "training",
+            f"{steps} steps x {reference['examples_per_step']} examples, lr {LR:g}; "
+            f"timed: median of {reference['blocks']} blocks of {block} steps after {warmup}",
+        ],
         ["reference tokens/s (wall | CPU)", f"{reference['tokens_per_second']} | {reference['tokens_per_cpu_second']}"],
         ["default tokens/s (wall | CPU)", f"{default['tokens_per_second']} | {default['tokens_per_cpu_second']}"],
         ["speedup (wall | CPU)", f"{speedup:.2f}x | {speedup_cpu:.2f}x (target >= 1.3x)"],
-        *[[f"{name} tokens/s (wall | CPU)", f"{r['tokens_per_second']} | {r['tokens_per_cpu_second']}"]
-          for name, r in ablations.items()],
-        ["eval loss untrained -> reference | default",
-         f"{before:.4f} -> {reference['eval_loss']:.4f} | {default['eval_loss']:.4f} ({loss_change:+.3%}, "
-         f"{of_learned:+.2%} of the drop; within 2%: {abs(loss_change) <= 0.02})"],
-        *[[f"{q}: tokens/s (wall | CPU), weights, peak RSS, eval loss",
-           f"{r['tokens_per_second']} | {r['tokens_per_cpu_second']}, {r['weights_mb']:.1f} MB, {r['peak_rss_mb']:.0f} MB"
-           + (f" (GPU {r['peak_gpu_mb']:.0f} MB)" if "peak_gpu_mb" in r else "") + f", {r['eval_loss']:.4f}"]
-          for q, r in quant.items()],
-        ["load average before -> after", f"{load_before[0]:.1f} -> {load_after[0]:.1f} "
-                                         f"({os.cpu_count()} cores; a shared machine slows wall figures)"],
+        *[
+            [f"{name} tokens/s (wall | CPU)", f"{r['tokens_per_second']} | {r['tokens_per_cpu_second']}"]
+            for name, r in ablations.items()
+        ],
+        [
+            "eval loss untrained -> reference | default",
+            f"{before:.4f} -> {reference['eval_loss']:.4f} | {default['eval_loss']:.4f} ({loss_change:+.3%}, "
+            f"{of_learned:+.2%} of the drop; within 2%: {abs(loss_change) <= 0.02})",
+        ],
+        *[
+            [
+                f"{q}: tokens/s (wall | CPU), weights, peak RSS, eval loss",
+                f"{r['tokens_per_second']} | {r['tokens_per_cpu_second']}, {r['weights_mb']:.1f} MB, {r['peak_rss_mb']:.0f} MB"
+                + (f" (GPU {r['peak_gpu_mb']:.0f} MB)" if "peak_gpu_mb" in r else "")
+                + f", {r['eval_loss']:.4f}",
+            ]
+            for q, r in quant.items()
+        ],
+        [
+            "load average before -> after",
+            f"{load_before[0]:.1f} -> {load_after[0]:.1f} "
+            f"({os.cpu_count()} cores; a shared machine slows wall figures)",
+        ],
     ]
-    return {"table": table, "reference": reference, "default": default, "speedup": round(speedup, 3),
-            "speedup_cpu": round(speedup_cpu, 3), "eval_loss_change": round(loss_change, 6),
-            "eval_loss_change_of_learned": round(of_learned, 5),
-            "eval_loss_within_2pct": abs(loss_change) <= 0.02, "untrained_eval_loss": round(before, 5),
-            "ablations": ablations, "quantization": quant, "inputs": {k: v for k, v in inputs.items()
-                                                                      if not k.endswith(("_dir", "_path"))},
-            "lr": LR, "steps": steps, "warmup_steps": warmup, "block_steps": block,
-            "load_average": {"before": load_before, "after": load_after}}
+    return {
+        "table": table,
+        "reference": reference,
+        "default": default,
+        "speedup": round(speedup, 3),
+        "speedup_cpu": round(speedup_cpu, 3),
+        "eval_loss_change": round(loss_change, 6),
+        "eval_loss_change_of_learned": round(of_learned, 5),
+        "eval_loss_within_2pct": abs(loss_change) <= 0.02,
+        "untrained_eval_loss": round(before, 5),
+        "ablations": ablations,
+        "quantization": quant,
+        "inputs": {k: v for k, v in inputs.items() if not k.endswith(("_dir", "_path"))},
+        "lr": LR,
+        "steps": steps,
+        "warmup_steps": warmup,
+        "block_steps": block,
+        "load_average": {"before": load_before, "after": load_after},
+    }

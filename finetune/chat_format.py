@@ -35,7 +35,8 @@ def end_of_turn(tokenizer) -> tuple[int | None, str]:
 
     try:
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "x"}, {"role": "assistant", "content": _MARK}], tokenize=False)
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": _MARK}], tokenize=False
+        )
     except (TemplateError, ValueError):  # a template that refuses this conversation: no end of turn known
         return None, ""
     if not isinstance(rendered, str) or rendered.count(_MARK) != 1:
@@ -112,8 +113,9 @@ def template_parts(tokenizer) -> tuple[str, str, str] | None:
 def chat_texts(tokenizer, frame: pd.DataFrame, parts: tuple[str, str, str] | None) -> list[str]:
     """Each row's conversation as the chat template renders it (input filled with "")."""
     if parts is None:  # a template that changes the content: render every row with it
-        return [tokenizer.apply_chat_template(c["prompt"] + c["completion"], tokenize=False)
-                for c in conversations(frame)]
+        return [
+            tokenizer.apply_chat_template(c["prompt"] + c["completion"], tokenize=False) for c in conversations(frame)
+        ]
     before, between, after = parts
     inputs = frame["input"].astype(object).where(frame["input"].notna(), "")
     texts = before + user_texts(frame["instruction"].astype(object), inputs) + between + frame["output"] + after
@@ -126,8 +128,11 @@ def _one_byte_per_token(tokenizer) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return False
-    return (type(backend.model).__name__ == "BPE" and "ByteLevel" in _step_types(backend.pre_tokenizer)
-            and type(backend.normalizer).__name__ in ("NoneType", "NFC", "NFKC", "NFD", "NFKD"))
+    return (
+        type(backend.model).__name__ == "BPE"
+        and "ByteLevel" in _step_types(backend.pre_tokenizer)
+        and type(backend.normalizer).__name__ in ("NoneType", "NFC", "NFKC", "NFD", "NFKD")
+    )
 
 
 def _step_types(pre_tokenizer) -> list[str]:
@@ -148,19 +153,21 @@ def token_lengths(tokenizer, frame: pd.DataFrame, fits: int | None = None, batch
     bound (<= fits) instead: with a byte-level BPE, an ASCII text of b bytes has at most b tokens.
     """
     if "messages" in frame.columns:  # conversations: every turn, as training tokenizes them
-        return np.array([len(encode_conversation(tokenizer, json.loads(t))[0]) for t in frame["messages"]],
-                        dtype=np.int64)
+        return np.array(
+            [len(encode_conversation(tokenizer, json.loads(t))[0]) for t in frame["messages"]], dtype=np.int64
+        )
     parts = template_parts(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     bounded = fits is not None and _one_byte_per_token(tokenizer)
     lengths = np.zeros(len(frame), dtype=np.int64)
     for start in tqdm(range(0, len(frame), batch_size), desc="token lengths", unit="batch", disable=None, leave=False):
-        texts = chat_texts(tokenizer, frame.iloc[start:start + batch_size], parts)
+        texts = chat_texts(tokenizer, frame.iloc[start : start + batch_size], parts)
         todo = np.arange(len(texts))
         if bounded:
             array = pa.array(texts, type=pa.large_string())
-            bound = np.where(pc.string_is_ascii(array).to_numpy(zero_copy_only=False),
-                             pc.binary_length(array).to_numpy(), fits + 1)
+            bound = np.where(
+                pc.string_is_ascii(array).to_numpy(zero_copy_only=False), pc.binary_length(array).to_numpy(), fits + 1
+            )
             lengths[start + todo] = bound
             todo = todo[bound > fits]
         if not len(todo):
@@ -179,6 +186,7 @@ def token_lengths(tokenizer, frame: pd.DataFrame, fits: int | None = None, batch
 
 # ---------------------------------------------------------------- conversations: every assistant turn labelled
 
+
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """(the conversation as the chat template renders it, each assistant turn's (start, end) in that text).
 
@@ -195,8 +203,10 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
         upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (text.startswith(upto) and upto.startswith(before)):
-            raise ValueError(f"the chat template renders turns before assistant turn {i + 1} differently once later "
-                             "turns follow: no span of the text is that turn's alone")
+            raise ValueError(
+                f"the chat template renders turns before assistant turn {i + 1} differently once later "
+                "turns follow: no span of the text is that turn's alone"
+            )
         spans.append((len(before), len(upto)))
     return text, spans
 

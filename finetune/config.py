@@ -24,8 +24,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -97,8 +106,14 @@ class PrepareParams(_Section):
     @model_validator(mode="after")
     def _room_for_train(self) -> PrepareParams:
         v, t = self.val_fraction, self.test_fraction
-        return _check(self, (v + t >= 1, f"prepare.val_fraction + prepare.test_fraction must be < 1 (the rest is "
-                                         f"train), got {_fmt(v)} + {_fmt(t)}"))
+        return _check(
+            self,
+            (
+                v + t >= 1,
+                f"prepare.val_fraction + prepare.test_fraction must be < 1 (the rest is "
+                f"train), got {_fmt(v)} + {_fmt(t)}",
+            ),
+        )
 
 
 class TinyModelParams(_Section):
@@ -125,8 +140,11 @@ class TinyModelParams(_Section):
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelParams:
         h, q, kv = self.hidden_size, self.num_heads, self.num_kv_heads
-        return _check(self, (h % q, f"model.tiny.hidden_size ({h}) must be divisible by num_heads ({q})"),
-                      (q % kv, f"model.tiny.num_heads ({q}) must be divisible by num_kv_heads ({kv})"))
+        return _check(
+            self,
+            (h % q, f"model.tiny.hidden_size ({h}) must be divisible by num_heads ({q})"),
+            (q % kv, f"model.tiny.num_heads ({q}) must be divisible by num_kv_heads ({kv})"),
+        )
 
 
 class ModelParams(_Section):
@@ -150,11 +168,19 @@ class ModelParams(_Section):
     def _quantizable(self) -> ModelParams:
         narrowest = min(self.tiny.hidden_size, self.tiny.intermediate_size)
         directory = self.base not in ("tiny", "local") and Path(self.base).expanduser().is_dir()
-        return _check(self, (self.base == "tiny" and self.quantization == "4bit" and narrowest < 64,
-                             "model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
-                             f"(the bitsandbytes block size), got {narrowest}"),
-                      (directory, f"model.base {self.base!r} is a directory: a local model is `-S model.base=local "
-                                  f"-S model.local_dir={self.base}` (so DVC tracks its files)"))
+        return _check(
+            self,
+            (
+                self.base == "tiny" and self.quantization == "4bit" and narrowest < 64,
+                "model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
+                f"(the bitsandbytes block size), got {narrowest}",
+            ),
+            (
+                directory,
+                f"model.base {self.base!r} is a directory: a local model is `-S model.base=local "
+                f"-S model.local_dir={self.base}` (so DVC tracks its files)",
+            ),
+        )
 
 
 class LoraParams(_Section):
@@ -165,7 +191,8 @@ class LoraParams(_Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     """Dropout on the LoRA branch's input."""
     target_modules: Literal["all-linear"] | list[Name] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     """Linear layers (leaf names) that get a LoRA adapter, checked against the model before training, or all-linear
     (every linear layer but the output head, peft's): fewer train faster, with less capacity."""
 
@@ -179,8 +206,16 @@ class LoraParams(_Section):
 
 # transformers' SchedulerType values that need no lr_scheduler_kwargs (which params.yaml has no key for):
 # cosine_with_min_lr, cosine_warmup_with_min_lr and warmup_stable_decay fail without them.
-LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                      "inverse_sqrt", "reduce_lr_on_plateau"]
+LRScheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+]
 LR_SCHEDULERS = typing.get_args(LRScheduler)
 
 
@@ -244,8 +279,14 @@ class TrainParams(_Section):
     @model_validator(mode="after")
     def _equal_shares(self) -> TrainParams:
         b, a, n = self.batch_size, self.grad_accum, self.num_processes
-        return _check(self, (b * a % n, f"train.num_processes ({n}) must divide the effective batch, train.batch_size "
-                                        f"* train.grad_accum = {b} * {a}, so each process gets an equal share"))
+        return _check(
+            self,
+            (
+                b * a % n,
+                f"train.num_processes ({n}) must divide the effective batch, train.batch_size "
+                f"* train.grad_accum = {b} * {a}, so each process gets an equal share",
+            ),
+        )
 
 
 class EvaluateParams(_Section):
@@ -310,9 +351,15 @@ class Params(_Section):
 
 
 TOP_LEVEL_NUMBERS = {"lr": 1e-5}  # the default, when a stage asks for it
-SECTIONS: dict[str, type[_Section]] = {"data": DataParams, "prepare": PrepareParams, "model": ModelParams,
-                                       "train": TrainParams, "evaluate": EvaluateParams, "merge": MergeParams,
-                                       "export": ExportParams}
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataParams,
+    "prepare": PrepareParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "merge": MergeParams,
+    "export": ExportParams,
+}
 
 
 def load(*sections: str, path: str | os.PathLike | None = None) -> Params:
@@ -446,8 +493,12 @@ _OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 def _bound(field: FieldInfo) -> str:
     """A field's Field(ge=, gt=, le=, lt=) as its message says it: `>= 3`, `in (0, 1)`, `in [0, 2**32)`."""
-    limits = {op: "2**32" if x == 2**32 else _fmt(x)
-              for m in field.metadata for op in _OPS if (x := getattr(m, op, None)) is not None}
+    limits = {
+        op: "2**32" if x == 2**32 else _fmt(x)
+        for m in field.metadata
+        for op in _OPS
+        if (x := getattr(m, op, None)) is not None
+    }
     if len(limits) == 1:
         ((op, limit),) = limits.items()
         return f"{_OPS[op]} {limit}"
@@ -467,13 +518,19 @@ def _must_be(kind: Any) -> str:
     if typing.get_origin(kind) is dict:  # data.columns: names from a fixed set -> non-empty names
         keys = ", ".join(typing.get_args(typing.get_args(kind)[0]))
         return f"a mapping from {keys} to your column names"
-    return {int: "a whole number", float: "a number", bool: "true or false", str: "text",
-            list: "a list of names"}[typing.get_origin(kind) or kind]
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list of names"}[
+        typing.get_origin(kind) or kind
+    ]
 
 
 # Names users bring from other tools, pointing at where that setting lives here.
-ALIASES = {"learning_rate": "the top-level lr", "lr": "the top-level lr", "num_train_epochs": "train.epochs",
-           "gradient_accumulation_steps": "train.grad_accum", "per_device_train_batch_size": "train.batch_size"}
+ALIASES = {
+    "learning_rate": "the top-level lr",
+    "lr": "the top-level lr",
+    "num_train_epochs": "train.epochs",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "per_device_train_batch_size": "train.batch_size",
+}
 
 
 def did_you_mean(key: Any, names, top_level: bool = False, aliases: bool = True) -> str:
@@ -510,7 +567,9 @@ class _Loader(yaml.SafeLoader):
             merge = key_node.tag == "tag:yaml.org,2002:merge"
             if not merge and isinstance(key := self.construct_object(key_node), Hashable):
                 if key in first:
-                    self.duplicates.append(f"duplicate key {key} on line {key_node.start_mark.line + 1} (first on "
-                                           f"line {first[key]}; YAML would silently keep only the last)")
+                    self.duplicates.append(
+                        f"duplicate key {key} on line {key_node.start_mark.line + 1} (first on "
+                        f"line {first[key]}; YAML would silently keep only the last)"
+                    )
                 first.setdefault(key, key_node.start_mark.line + 1)
         return super().construct_mapping(node, deep=deep)

@@ -73,8 +73,15 @@ def digest(path: str | os.PathLike, known: dict | None = None, seen: dict | None
     .git or download bookkeeping, skipped). A file's digest is reused from `known` while its size,
     mtime and inode are unchanged (as DVC does), and every file's is recorded in `seen`."""
     path = Path(path)
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+    )
     h = hashlib.sha256()
     for f in files:
         stat = f.stat()

@@ -29,7 +29,7 @@ def logits_and_greedy(model, batch, stop_ids: list[int], max_new_tokens: int = 1
     """fp32 logits and greedy tokens (ended by `stop_ids`, chat_format.stop_token_ids) of a batch of prompts."""
     config = generation.generation_config(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id)
     greedy = model.generate(**batch, generation_config=config)
-    return logits(model, batch), greedy[:, batch["input_ids"].shape[1]:]
+    return logits(model, batch), greedy[:, batch["input_ids"].shape[1] :]
 
 
 def export_dtype(setting: str) -> torch.dtype:
@@ -55,14 +55,22 @@ def check_export(saved: dict[str, torch.Tensor], reloaded: dict[str, torch.Tenso
     re-initialised or tied wrongly on the way through safetensors."""
     missing = sorted(saved.keys() - reloaded.keys())
     extra = sorted(reloaded.keys() - saved.keys())
-    changed = [name for name in sorted(saved.keys() & reloaded.keys())
-               if saved[name].dtype != reloaded[name].dtype
-               or not torch.equal(saved[name], reloaded[name].to(saved[name].device))]
+    changed = [
+        name
+        for name in sorted(saved.keys() & reloaded.keys())
+        if saved[name].dtype != reloaded[name].dtype
+        or not torch.equal(saved[name], reloaded[name].to(saved[name].device))
+    ]
     if missing or extra or changed:
-        problems = [f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
-                    for what, names in (("missing", missing), ("unexpected", extra), ("changed", changed)) if names]
-        raise ModelError(f"{path} reloaded with plain transformers does not hold the merged weights "
-                                  f"({'; '.join(problems)}); {paths.MERGED_DIR} was not written")
+        problems = [
+            f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for what, names in (("missing", missing), ("unexpected", extra), ("changed", changed))
+            if names
+        ]
+        raise ModelError(
+            f"{path} reloaded with plain transformers does not hold the merged weights "
+            f"({'; '.join(problems)}); {paths.MERGED_DIR} was not written"
+        )
 
 
 # ---------------------------------------------------------------- score
@@ -89,12 +97,22 @@ def check(merged, batch, reference: torch.Tensor, base: torch.Tensor, tolerance:
     difference = max_difference(logits(merged, batch), reference)
     check_parity(difference, tolerance)
     effect = max_difference(base, reference)
-    say("check", f"max |logit diff| {difference:.2e} <= {tolerance:g} on {len(batch['input_ids'])} prompts; "
+    say(
+        "check",
+        f"max |logit diff| {difference:.2e} <= {tolerance:g} on {len(batch['input_ids'])} prompts; "
         f"the adapter moves logits by up to {effect:.2e}"
-        + (" (below merge.tolerance: this check cannot tell a merge that dropped the adapter)"
-           if effect <= tolerance else ""))
-    return {"max_abs_logit_diff": difference, "tolerance": tolerance, "adapter_max_abs_logit_diff": effect,
-            "prompts": len(batch["input_ids"])}
+        + (
+            " (below merge.tolerance: this check cannot tell a merge that dropped the adapter)"
+            if effect <= tolerance
+            else ""
+        ),
+    )
+    return {
+        "max_abs_logit_diff": difference,
+        "tolerance": tolerance,
+        "adapter_max_abs_logit_diff": effect,
+        "prompts": len(batch["input_ids"]),
+    }
 
 
 def export(merged, tokenizer, directory: Path, dtype: torch.dtype):
@@ -107,6 +125,8 @@ def export(merged, tokenizer, directory: Path, dtype: torch.dtype):
     tokenizer.save_pretrained(directory)
     exported = AutoModelForCausalLM.from_pretrained(directory, device_map=modeling.device())
     check_export(merged.state_dict(), exported.state_dict(), paths.MERGED_DIR)
-    say("export", f"{str(exported.dtype).removeprefix('torch.')}, reloaded with AutoModelForCausalLM: "
-        "every tensor as merged")
+    say(
+        "export",
+        f"{str(exported.dtype).removeprefix('torch.')}, reloaded with AutoModelForCausalLM: every tensor as merged",
+    )
     return exported

@@ -73,25 +73,42 @@ def chat_example(tokenizer) -> str:
     return tokenizer.apply_chat_template(EXAMPLE, tokenize=False)
 
 
-def render(*, base: str, revision: str | None, license: str, export_dtype: str, data_path: str,
-               data_counts: dict, hyperparameters: dict, evaluation_metrics: dict, merge_metrics: dict,
-               template: str, example: str, stop_tokens: list[str]) -> str:
+def render(
+    *,
+    base: str,
+    revision: str | None,
+    license: str,
+    export_dtype: str,
+    data_path: str,
+    data_counts: dict,
+    hyperparameters: dict,
+    evaluation_metrics: dict,
+    merge_metrics: dict,
+    template: str,
+    example: str,
+    stop_tokens: list[str],
+) -> str:
     """models/merged/README.md: Hugging Face model card (YAML metadata + markdown), deterministic."""
     from huggingface_hub import ModelCardData
 
-    meta = ModelCardData(base_model=base, license=license, library_name="transformers",
-                         pipeline_tag="text-generation", tags=CARD_TAGS).to_yaml()
+    meta = ModelCardData(
+        base_model=base, license=license, library_name="transformers", pipeline_tag="text-generation", tags=CARD_TAGS
+    ).to_yaml()
     counts = data_counts
     splits = " / ".join(f"{counts[s]} {s}" for s in ("train", "val", "test") if s in counts)
     data_line = f"`{data_path}`"
     if counts:
-        data_line += (f": {counts.get('rows_read', '?')} rows read, {counts.get('rows_kept', '?')} kept after "
-                      f"cleaning, {counts.get('sampled', '?')} sampled and split by prompt ({splits}).")
+        data_line += (
+            f": {counts.get('rows_read', '?')} rows read, {counts.get('rows_kept', '?')} kept after "
+            f"cleaning, {counts.get('sampled', '?')} sampled and split by prompt ({splits})."
+        )
     hyper_rows = "\n".join(f"| `{k}` | {_param(v)} |" for k, v in hyperparameters.items())
     trained_on = QUANTIZED.get(hyperparameters.get("model.quantization"), "the")
     metric_rows = "\n".join(
         f"| {m} | {cell(evaluation_metrics.get(f'base.{m}'))} | {cell(evaluation_metrics.get(f'tuned.{m}'))} "
-        f"| {cell(merge_metrics.get(f'merged.{m}'))} |" for m in METRICS)
+        f"| {cell(merge_metrics.get(f'merged.{m}'))} |"
+        for m in METRICS
+    )
     scored = merge_metrics.get("merged.rows")
     of_test = counts.get("test")
     rows_note = f"{scored} test rows" if of_test in (None, scored) else f"{scored} of {of_test} test rows"
@@ -147,20 +164,30 @@ trained; merged: this export in {export_dtype}, loaded with `AutoModelForCausalL
 {metric_rows}
 
 Merge check (fp32): the merged logits differ from base+adapter's by at most
-{merge_metrics['max_abs_logit_diff']:.2e} (tolerance {merge_metrics['tolerance']:g}); the adapter moves them by up to
-{merge_metrics['adapter_max_abs_logit_diff']:.2e}.
+{merge_metrics["max_abs_logit_diff"]:.2e} (tolerance {merge_metrics["tolerance"]:g}); the adapter moves them by up to
+{merge_metrics["adapter_max_abs_logit_diff"]:.2e}.
 """
 
 
-def for_run(p, merge_keys: list[str], data_counts: dict, eval_metrics: dict, merge_metrics: dict, tokenizer,
-            stop_ids: list[int]) -> str:
+def for_run(
+    p, merge_keys: list[str], data_counts: dict, eval_metrics: dict, merge_metrics: dict, tokenizer, stop_ids: list[int]
+) -> str:
     """The card of this run: its base (and pinned revision), license, data, hyperparameters and metrics."""
     source_file = Path(paths.BASE_DIR, paths.SOURCE_FILE)
     source = json.loads(source_file.read_text()) if source_file.is_file() else {}
     revision = source.get("revision")
     base = source.get("path", p.model.local_dir) if p.model.base == "local" else p.model.base  # the directory itself
-    return render(base=base, revision=revision, license=base_license(modeling.weights_dir(paths.BASE_DIR)),
-                  export_dtype=merge_metrics["export_dtype"], data_path=p.data.path, data_counts=data_counts,
-                  hyperparameters=hyperparameters(p, merge_keys), evaluation_metrics=eval_metrics,
-                  merge_metrics=merge_metrics, template=template_name(p.model.chat_template, base),
-                  example=chat_example(tokenizer), stop_tokens=tokenizer.convert_ids_to_tokens(stop_ids))
+    return render(
+        base=base,
+        revision=revision,
+        license=base_license(modeling.weights_dir(paths.BASE_DIR)),
+        export_dtype=merge_metrics["export_dtype"],
+        data_path=p.data.path,
+        data_counts=data_counts,
+        hyperparameters=hyperparameters(p, merge_keys),
+        evaluation_metrics=eval_metrics,
+        merge_metrics=merge_metrics,
+        template=template_name(p.model.chat_template, base),
+        example=chat_example(tokenizer),
+        stop_tokens=tokenizer.convert_ids_to_tokens(stop_ids),
+    )

@@ -16,6 +16,7 @@ from finetune.errors import ModelError
 
 # ---------------------------------------------------------------- hardware
 
+
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -31,6 +32,7 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 # ---------------------------------------------------------------- tokenizers
 
+
 def load_tokenizer(base_dir: str | os.PathLike, require_template: bool = True):
     """The tokenizer of a model directory; without a pad token, eos pads (as TRL does), masked everywhere.
 
@@ -43,8 +45,10 @@ def load_tokenizer(base_dir: str | os.PathLike, require_template: bool = True):
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if require_template and not tokenizer.chat_template:
-        raise ModelError(f"{base_dir}: the tokenizer has no chat template; rerun `dvc repro base` "
-                         "(model.chat_template chooses one for a model that has none)")
+        raise ModelError(
+            f"{base_dir}: the tokenizer has no chat template; rerun `dvc repro base` "
+            "(model.chat_template chooses one for a model that has none)"
+        )
     return tokenizer
 
 
@@ -56,7 +60,8 @@ def choose_template(tokenizer, setting: str, base: str):
             raise config.error(
                 f"model.chat_template: auto, but {base} has no chat template (a base, not an instruct, checkpoint); "
                 "set model.chat_template to chatml (if its vocabulary has <|im_start|> and <|im_end|> as tokens) "
-                "or to a .jinja file written with the model's own special tokens")
+                "or to a .jinja file written with the model's own special tokens"
+            )
         return tokenizer
     if setting == "chatml":
         split = {m: tokenizer(m, add_special_tokens=False)["input_ids"] for m in chat_format.CHATML_MARKERS}
@@ -65,7 +70,8 @@ def choose_template(tokenizer, setting: str, base: str):
             raise config.error(
                 f"model.chat_template: chatml needs <|im_start|> and <|im_end|> as single tokens, but {base}'s "
                 f"vocabulary splits them ({pieces}); its markers would be trained as plain text. Use the model's "
-                "own template (auto) or a .jinja file written with its own special tokens")
+                "own template (auto) or a .jinja file written with its own special tokens"
+            )
         tokenizer.chat_template = chat_format.CHATML_TEMPLATE
     else:
         path = Path(setting).expanduser()
@@ -77,7 +83,8 @@ def choose_template(tokenizer, setting: str, base: str):
         raise config.error(
             f"model.chat_template: {setting}: an assistant turn ends with {after[:40]!r}, which does not start with a "
             f"special token of {base}'s vocabulary: answers could not be told to stop. End each turn with one of its "
-            "special tokens (or use auto, the model's own template)")
+            "special tokens (or use auto, the model's own template)"
+        )
     return tokenizer
 
 
@@ -102,8 +109,13 @@ def linear_layer_names(model) -> list[str]:
     """Leaf names of the linear layers LoRA can adapt (nn.Linear and bitsandbytes' Linear8bitLt / Linear4bit,
     its subclasses), not the output head: what peft's all-linear adapts."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear) and module is not head})
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head
+        }
+    )
 
 
 def lora_targets(model, setting: str | list[str]) -> list[str]:
@@ -117,11 +129,13 @@ def lora_targets(model, setting: str | list[str]) -> list[str]:
         kind = type(model).__name__
         raise config.error(
             f"train.lora.target_modules: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a linear "
-            f"layer of {kind}, whose linear layers are {', '.join(names)} (or use all-linear)")
+            f"layer of {kind}, whose linear layers are {', '.join(names)} (or use all-linear)"
+        )
     return list(dict.fromkeys(setting))
 
 
 # ---------------------------------------------------------------- base models
+
 
 class _FirstTimeOnly(logging.Filter):
     def __init__(self):
@@ -148,8 +162,10 @@ def local_model(directory: str | os.PathLike) -> dict:
     if not local.is_dir():
         raise ModelError(f"model.local_dir: {local} is not a directory (model.base is 'local')")
     if not (local / "config.json").is_file():
-        raise ModelError(f"model.local_dir: {local} has no config.json (not a model directory; model.base is "
-                         "'local'): put a model there or point at one, `-S model.local_dir=/path/to/model`")
+        raise ModelError(
+            f"model.local_dir: {local} has no config.json (not a model directory; model.base is "
+            "'local'): put a model there or point at one, `-S model.local_dir=/path/to/model`"
+        )
     return {"kind": "local", "path": str(local.resolve())}
 
 

@@ -36,15 +36,17 @@ def stage_inputs(stage: str, root: str | os.PathLike = ".") -> tuple[list[str], 
         with Repo(str(root), uninitialized=True) as repo:
             spec = next(s for s in repo.index.stages if s.name == stage)
     except (DvcException, StopIteration) as e:
-        raise StageError(f"{PIPELINE}: cannot read stage {stage!r} ({type(e).__name__}: {e}); "
-                         "run from the project root") from e
+        raise StageError(
+            f"{PIPELINE}: cannot read stage {stage!r} ({type(e).__name__}: {e}); run from the project root"
+        ) from e
     deps, keys = [], []
     for dep in spec.deps:
         if not isinstance(dep, ParamsDependency):
             deps.append(dep.def_path)
         elif dep.def_path != paths.PARAMS:  # another params file: not one this code can look up
-            raise StageError(f"{PIPELINE}: stage {stage!r} lists params of {dep.def_path}; only {paths.PARAMS} "
-                             "keys are supported")
+            raise StageError(
+                f"{PIPELINE}: stage {stage!r} lists params of {dep.def_path}; only {paths.PARAMS} keys are supported"
+            )
         else:
             keys += dep.params
     return deps, keys

@@ -65,10 +65,31 @@ GLOSSARY = {
     "amortization": "Amortization is paying off a loan with regular payments that cover interest and principal.",
     "net worth": "Net worth is the value of everything you own minus everything you owe.",
 }
-DEF_ASK = ('Define the term "{t}".', 'What does "{t}" mean in finance?', 'Explain "{t}" in simple words.',
-           'Give a short definition of "{t}".', 'In personal finance, what is meant by "{t}"?')
-COMPANY_A = ("Northwind", "Bluecrest", "Ironvale", "Silverline", "Oakridge", "Redwater", "Brightpath", "Harborview",
-             "Stonegate", "Clearbrook", "Westfield", "Pinecrest", "Goldleaf", "Eastmoor", "Kestrel", "Summit")
+DEF_ASK = (
+    'Define the term "{t}".',
+    'What does "{t}" mean in finance?',
+    'Explain "{t}" in simple words.',
+    'Give a short definition of "{t}".',
+    'In personal finance, what is meant by "{t}"?',
+)
+COMPANY_A = (
+    "Northwind",
+    "Bluecrest",
+    "Ironvale",
+    "Silverline",
+    "Oakridge",
+    "Redwater",
+    "Brightpath",
+    "Harborview",
+    "Stonegate",
+    "Clearbrook",
+    "Westfield",
+    "Pinecrest",
+    "Goldleaf",
+    "Eastmoor",
+    "Kestrel",
+    "Summit",
+)
 COMPANY_B = ("Labs", "Holdings", "Systems", "Foods", "Energy", "Retail", "Logistics", "Motors")
 MERCHANTS = {
     "Groceries": ("FRESHMART GROCERY #{n}", "GREENLEAF MARKET", "VALLEY FOODS SUPERMARKET"),
@@ -82,12 +103,21 @@ MERCHANTS = {
     "Shopping": ("MEGAMART ONLINE", "URBAN THREADS CLOTHING", "GADGET HUB #{n}"),
 }
 HEADLINES = {
-    "positive": ("{c} shares jump {k}% after record quarterly profit", "{c} raises full-year outlook on strong demand",
-                 "{c} beats revenue estimates and announces share buyback"),
-    "negative": ("{c} shares slide {k}% after profit warning", "{c} cuts dividend amid falling sales",
-                 "{c} misses earnings forecasts as costs rise"),
-    "neutral": ("{c} to report quarterly results on {d}", "{c} appoints new chief financial officer",
-                "{c} shares little changed ahead of central bank decision"),
+    "positive": (
+        "{c} shares jump {k}% after record quarterly profit",
+        "{c} raises full-year outlook on strong demand",
+        "{c} beats revenue estimates and announces share buyback",
+    ),
+    "negative": (
+        "{c} shares slide {k}% after profit warning",
+        "{c} cuts dividend amid falling sales",
+        "{c} misses earnings forecasts as costs rise",
+    ),
+    "neutral": (
+        "{c} to report quarterly results on {d}",
+        "{c} appoints new chief financial officer",
+        "{c} shares little changed ahead of central bank decision",
+    ),
 }
 
 
@@ -115,44 +145,62 @@ def loan(r: random.Random) -> tuple[int, float, int, float]:
 
 def t_compound(r):
     p, y, n = r.randrange(1000, 50001, 500), rate(r, 1, 12), r.randint(2, 30)
-    return (f"Calculate the future value of {usd(p)} invested at {y:g}% compounded annually for {n} years.", "",
-            f"FV = P x (1 + r)^n = {usd(p)} x (1 + {y / 100:g})^{n} = {usd(p * (1 + y / 100) ** n)}.")
+    return (
+        f"Calculate the future value of {usd(p)} invested at {y:g}% compounded annually for {n} years.",
+        "",
+        f"FV = P x (1 + r)^n = {usd(p)} x (1 + {y / 100:g})^{n} = {usd(p * (1 + y / 100) ** n)}.",
+    )
 
 
 def t_simple(r):
     p, y, n = r.randrange(500, 50001, 250), rate(r, 1, 10), r.randint(1, 15)
-    return (f"How much simple interest does {usd(p)} earn at {y:g}% per year over {n} years?", "",
-            f"Simple interest = P x r x t = {usd(p)} x {y / 100:g} x {n} = {usd(p * y / 100 * n)}.")
+    return (
+        f"How much simple interest does {usd(p)} earn at {y:g}% per year over {n} years?",
+        "",
+        f"Simple interest = P x r x t = {usd(p)} x {y / 100:g} x {n} = {usd(p * y / 100 * n)}.",
+    )
 
 
 def t_payment(r):
     p, apr, years, m = loan(r)
-    return (f"What is the monthly payment on a {usd(p)} loan at {apr:g}% APR over {years} years?", "",
-            f"With r = {apr:g}%/12 per month and n = {years * 12} payments, "
-            f"M = P x r(1 + r)^n / ((1 + r)^n - 1) = {usd(m)} per month.")
+    return (
+        f"What is the monthly payment on a {usd(p)} loan at {apr:g}% APR over {years} years?",
+        "",
+        f"With r = {apr:g}%/12 per month and n = {years * 12} payments, "
+        f"M = P x r(1 + r)^n / ((1 + r)^n - 1) = {usd(m)} per month.",
+    )
 
 
 def t_breakdown(r):
     p, apr, years, m = loan(r)
     total = round(m, 2) * years * 12  # totals follow from the rounded payment, as a borrower would pay it
-    return (f"Break down the total cost of a {years}-year loan of {usd(p)} at {apr:g}% APR.", "",
-            f"Monthly payment: {usd(m)}\nTotal paid: {usd(total)}\nTotal interest: {usd(total - p)}")
+    return (
+        f"Break down the total cost of a {years}-year loan of {usd(p)} at {apr:g}% APR.",
+        "",
+        f"Monthly payment: {usd(m)}\nTotal paid: {usd(total)}\nTotal interest: {usd(total - p)}",
+    )
 
 
 def t_change(r):
     old = r.randrange(500, 50001) / 100
     new = round(old * (1 + r.uniform(-0.5, 0.8)), 2)
     ch = (new - old) / old * 100
-    return (f"A stock moved from {usd(old)} to {usd(new)}. What is the percentage change?", "",
-            f"Percentage change = (new - old) / old x 100 = ({usd(new)} - {usd(old)}) / {usd(old)} x 100 = {ch:+.2f}%.")
+    return (
+        f"A stock moved from {usd(old)} to {usd(new)}. What is the percentage change?",
+        "",
+        f"Percentage change = (new - old) / old x 100 = ({usd(new)} - {usd(old)}) / {usd(old)} x 100 = {ch:+.2f}%.",
+    )
 
 
 def t_roi(r):
     cost = r.randrange(1000, 100001, 100)
     value = round(cost * r.uniform(0.6, 2.2), -1)
-    return (f"An investment cost {usd(cost)} and is now worth {usd(value)}. What is the ROI?", "",
-            f"ROI = (current value - cost) / cost x 100 = ({usd(value)} - {usd(cost)}) / {usd(cost)} x 100 "
-            f"= {(value - cost) / cost * 100:.2f}%.")
+    return (
+        f"An investment cost {usd(cost)} and is now worth {usd(value)}. What is the ROI?",
+        "",
+        f"ROI = (current value - cost) / cost x 100 = ({usd(value)} - {usd(cost)}) / {usd(cost)} x 100 "
+        f"= {(value - cost) / cost * 100:.2f}%.",
+    )
 
 
 def t_monthly(r):
@@ -165,37 +213,52 @@ def t_breakeven(r):
     fixed, price = r.randrange(5000, 200001, 500), r.randrange(1000, 50001) / 100
     var = round(price * r.uniform(0.2, 0.85), 2)
     units = fixed / (price - var)
-    return (f"Fixed costs are {usd(fixed)}, the price is {usd(price)} per unit and the variable cost is "
-            f"{usd(var)} per unit. How many units are needed to break even?", "",
-            f"Break-even units = fixed costs / (price - variable cost) = {usd(fixed)} / ({usd(price)} - {usd(var)}) "
-            f"= {units:,.2f}, so {math.ceil(round(units, 6)):,} units.")
+    return (
+        f"Fixed costs are {usd(fixed)}, the price is {usd(price)} per unit and the variable cost is "
+        f"{usd(var)} per unit. How many units are needed to break even?",
+        "",
+        f"Break-even units = fixed costs / (price - variable cost) = {usd(fixed)} / ({usd(price)} - {usd(var)}) "
+        f"= {units:,.2f}, so {math.ceil(round(units, 6)):,} units.",
+    )
 
 
 def t_rule72(r):
     y = rate(r, 1, 24, 0.5)
-    return (f"Using the rule of 72, about how long does it take money to double at {y:g}% per year?", "",
-            f"Years to double = 72 / {y:g} = about {72 / y:.1f} years.")
+    return (
+        f"Using the rule of 72, about how long does it take money to double at {y:g}% per year?",
+        "",
+        f"Years to double = 72 / {y:g} = about {72 / y:.1f} years.",
+    )
 
 
 def t_cagr(r):
     a, n = r.randrange(1000, 100001, 500), r.randint(2, 20)
     b = round(a * r.uniform(0.7, 4.0), -1)
     cagr = ((b / a) ** (1 / n) - 1) * 100
-    return (f"An investment grew from {usd(a)} to {usd(b)} over {n} years. What is its CAGR?", "",
-            f"CAGR = (end / start)^(1/n) - 1 = ({usd(b)} / {usd(a)})^(1/{n}) - 1 = {cagr:.2f}%.")
+    return (
+        f"An investment grew from {usd(a)} to {usd(b)} over {n} years. What is its CAGR?",
+        "",
+        f"CAGR = (end / start)^(1/n) - 1 = ({usd(b)} / {usd(a)})^(1/{n}) - 1 = {cagr:.2f}%.",
+    )
 
 
 def t_yield(r):
     p = r.randrange(1000, 40001) / 100
     d = round(p * r.uniform(0.005, 0.08), 2)
-    return (f"A stock trades at {usd(p)} and pays an annual dividend of {usd(d)} per share. What is its yield?", "",
-            f"Dividend yield = annual dividend / price x 100 = {usd(d)} / {usd(p)} x 100 = {d / p * 100:.2f}%.")
+    return (
+        f"A stock trades at {usd(p)} and pays an annual dividend of {usd(d)} per share. What is its yield?",
+        "",
+        f"Dividend yield = annual dividend / price x 100 = {usd(d)} / {usd(p)} x 100 = {d / p * 100:.2f}%.",
+    )
 
 
 def t_budget(r):
     x = r.randrange(2000, 15001, 50)
-    return (f"Split a monthly after-tax income of {usd(x)} using the 50/30/20 rule.", "",
-            f"Needs (50%): {usd(x * 0.5)}, wants (30%): {usd(x * 0.3)}, savings (20%): {usd(x * 0.2)}.")
+    return (
+        f"Split a monthly after-tax income of {usd(x)} using the 50/30/20 rule.",
+        "",
+        f"Needs (50%): {usd(x * 0.5)}, wants (30%): {usd(x * 0.3)}, savings (20%): {usd(x * 0.2)}.",
+    )
 
 
 def t_define(r):
@@ -206,37 +269,57 @@ def t_define(r):
 def t_margin(r):
     rev = r.randrange(100_000, 20_000_001, 5000)
     ni = round(rev * r.uniform(-0.1, 0.3), -2)
-    return ("Calculate the net profit margin from the figures below.", f"Revenue: {usd(rev)}; net income: {usd(ni)}",
-            f"Net profit margin = net income / revenue x 100 = {usd(ni)} / {usd(rev)} x 100 = {ni / rev * 100:.2f}%.")
+    return (
+        "Calculate the net profit margin from the figures below.",
+        f"Revenue: {usd(rev)}; net income: {usd(ni)}",
+        f"Net profit margin = net income / revenue x 100 = {usd(ni)} / {usd(rev)} x 100 = {ni / rev * 100:.2f}%.",
+    )
 
 
 def t_pe(r):
     p, eps = r.randrange(500, 50001) / 100, r.randrange(10, 2001) / 100
-    return ("Compute the price-to-earnings (P/E) ratio.", f"Share price: {usd(p)}; earnings per share: {usd(eps)}",
-            f"P/E = share price / EPS = {usd(p)} / {usd(eps)} = {p / eps:.2f}.")
+    return (
+        "Compute the price-to-earnings (P/E) ratio.",
+        f"Share price: {usd(p)}; earnings per share: {usd(eps)}",
+        f"P/E = share price / EPS = {usd(p)} / {usd(eps)} = {p / eps:.2f}.",
+    )
 
 
 def t_current(r):
     a, li = r.randrange(50_000, 5_000_001, 1000), r.randrange(50_000, 4_000_001, 1000)
     cr = a / li
     verdict = "current assets cover current liabilities" if cr >= 1 else "current liabilities exceed current assets"
-    return ("Calculate the current ratio and explain it.", f"Current assets: {usd(a)}; current liabilities: {usd(li)}",
-            f"Current ratio = current assets / current liabilities = {usd(a)} / {usd(li)} = {cr:.2f}, so {verdict}.")
+    return (
+        "Calculate the current ratio and explain it.",
+        f"Current assets: {usd(a)}; current liabilities: {usd(li)}",
+        f"Current ratio = current assets / current liabilities = {usd(a)} / {usd(li)} = {cr:.2f}, so {verdict}.",
+    )
 
 
 def t_classify(r):
     cat = r.choice(list(MERCHANTS))
     merchant = r.choice(MERCHANTS[cat]).format(n=r.randint(100, 9999))
-    text = (f"{r.choice(('POS PURCHASE', 'DEBIT CARD', 'CARD PAYMENT', 'ACH DEBIT'))} {merchant} "
-            f"{r.randint(1, 12):02d}/{r.randint(1, 28):02d} {usd(r.randrange(150, 250001) / 100)}")
-    return (r.choice(("Classify this bank transaction into a spending category.",
-                      "Which budget category does this transaction belong to?")), text, f"Category: {cat}.")
+    text = (
+        f"{r.choice(('POS PURCHASE', 'DEBIT CARD', 'CARD PAYMENT', 'ACH DEBIT'))} {merchant} "
+        f"{r.randint(1, 12):02d}/{r.randint(1, 28):02d} {usd(r.randrange(150, 250001) / 100)}"
+    )
+    return (
+        r.choice(
+            (
+                "Classify this bank transaction into a spending category.",
+                "Which budget category does this transaction belong to?",
+            )
+        ),
+        text,
+        f"Category: {cat}.",
+    )
 
 
 def t_sentiment(r):
     label = r.choice(list(HEADLINES))
-    head = r.choice(HEADLINES[label]).format(c=company(r), k=r.randint(2, 25),
-                                             d=r.choice(("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")))
+    head = r.choice(HEADLINES[label]).format(
+        c=company(r), k=r.randint(2, 25), d=r.choice(("Monday", "Tuesday", "Wednesday", "Thursday", "Friday"))
+    )
     return ("Classify the sentiment of this financial headline as positive, negative, or neutral.", head, label)
 
 
@@ -248,19 +331,40 @@ def t_earnings(r):
     prior += prior == ni  # keep the comparison strict so "increased"/"decreased" is always true
     eps, guide = r.randrange(10, 900) / 100, r.choice(("raised", "reaffirmed", "lowered"))
     owner = c + ("'" if c.endswith("s") else "'s")
-    text = (f"{c} reported {q}-quarter revenue of {big(rev)}, {'up' if g > 0 else 'down'} {abs(g)}% year over year. "
-            f"Net income was {big(ni)}, or {usd(eps)} per share, compared with {big(prior)} a year earlier. "
-            f"The company {guide} its full-year outlook.")
-    return ("Summarize this earnings report in one sentence.", text,
-            f"{owner} {q}-quarter revenue {'rose' if g > 0 else 'fell'} {abs(g)}% to {big(rev)}, net income "
-            f"{'increased' if ni > prior else 'decreased'} to {big(ni)} from {big(prior)}, and it {guide} its outlook.")
+    text = (
+        f"{c} reported {q}-quarter revenue of {big(rev)}, {'up' if g > 0 else 'down'} {abs(g)}% year over year. "
+        f"Net income was {big(ni)}, or {usd(eps)} per share, compared with {big(prior)} a year earlier. "
+        f"The company {guide} its full-year outlook."
+    )
+    return (
+        "Summarize this earnings report in one sentence.",
+        text,
+        f"{owner} {q}-quarter revenue {'rose' if g > 0 else 'fell'} {abs(g)}% to {big(rev)}, net income "
+        f"{'increased' if ni > prior else 'decreased'} to {big(ni)} from {big(prior)}, and it {guide} its outlook.",
+    )
 
 
 # (template, weight): weights put about 45% of rows on templates with a non-empty input.
 TEMPLATES = (
-    (t_compound, 7), (t_simple, 5), (t_payment, 6), (t_breakdown, 2), (t_change, 5), (t_roi, 5), (t_monthly, 4),
-    (t_breakeven, 4), (t_rule72, 3), (t_cagr, 4), (t_yield, 4), (t_budget, 3), (t_define, 7),
-    (t_margin, 6), (t_pe, 6), (t_current, 5), (t_classify, 11), (t_earnings, 9), (t_sentiment, 11),
+    (t_compound, 7),
+    (t_simple, 5),
+    (t_payment, 6),
+    (t_breakdown, 2),
+    (t_change, 5),
+    (t_roi, 5),
+    (t_monthly, 4),
+    (t_breakeven, 4),
+    (t_rule72, 3),
+    (t_cagr, 4),
+    (t_yield, 4),
+    (t_budget, 3),
+    (t_define, 7),
+    (t_margin, 6),
+    (t_pe, 6),
+    (t_current, 5),
+    (t_classify, 11),
+    (t_earnings, 9),
+    (t_sentiment, 11),
 )
 
 

@@ -21,8 +21,9 @@ def main() -> None:
                 source["sha256"] = files.digest(source["path"])
             else:
                 source = modeling.resolve_pretrained(cfg.base, cfg.revision)
-            tokenizer = modeling.choose_template(modeling.load_tokenizer(source["path"], require_template=False),
-                                                 cfg.chat_template, cfg.base)
+            tokenizer = modeling.choose_template(
+                modeling.load_tokenizer(source["path"], require_template=False), cfg.chat_template, cfg.base
+            )
             tokenizer.save_pretrained(tmp)  # small, with the chosen template; downstream stages read it from here
             files.write_json(tmp / paths.SOURCE_FILE, source)
     print(f"base: {cfg.base} -> {paths.BASE_DIR} ({source})")

@@ -13,12 +13,15 @@ def main() -> None:
     tokenizer = modeling.load_tokenizer(paths.BASE_DIR)
     base = files.read_json(paths.BASE_RESULTS)
     stop_ids = modeling.stop_token_ids(paths.BASE_DIR, tokenizer)
-    settings = comparison.same_generation(base.get("generation", {}),
-                                          generation.settings_report(tokenizer, p.evaluate, stop_ids), paths.BASE_RESULTS)
-    model = modeling.load_tuned(paths.BASE_DIR, paths.ADAPTER_DIR, p.model.quantization, dtype,
-                                expected_base=p.model.base)
-    tuned, outputs, rows = suite.evaluate_rows(model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate,
-                                               p.prepare.max_length, stop_ids)
+    settings = comparison.same_generation(
+        base.get("generation", {}), generation.settings_report(tokenizer, p.evaluate, stop_ids), paths.BASE_RESULTS
+    )
+    model = modeling.load_tuned(
+        paths.BASE_DIR, paths.ADAPTER_DIR, p.model.quantization, dtype, expected_base=p.model.base
+    )
+    tuned, outputs, rows = suite.evaluate_rows(
+        model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate, p.prepare.max_length, stop_ids
+    )
     samples = comparison.side_by_side(base["outputs"], outputs, paths.BASE_RESULTS)
     metrics = comparison.compare(base["metrics"], tuned)
     base_rows = comparison.same_rows(base.get("rows"), rows, paths.BASE_RESULTS)
@@ -28,9 +31,11 @@ def main() -> None:
     files.write_json(paths.SAMPLES_PLOT, samples)
     files.write_json(paths.EVAL_METRICS, metrics)
     files.write_json(paths.GENERATION, settings)  # not in eval.json: a list (the end tokens) is no metric
-    print(f"evaluate: loss {metrics['base.eval_loss']:.4f} -> {metrics['tuned.eval_loss']:.4f} "
-          f"(delta {metrics['delta.eval_loss']:+.4f}, 95% [{metrics['delta.eval_loss_low']:+.4f}, "
-          f"{metrics['delta.eval_loss_high']:+.4f}]) -> {paths.EVAL_METRICS}")
+    print(
+        f"evaluate: loss {metrics['base.eval_loss']:.4f} -> {metrics['tuned.eval_loss']:.4f} "
+        f"(delta {metrics['delta.eval_loss']:+.4f}, 95% [{metrics['delta.eval_loss_low']:+.4f}, "
+        f"{metrics['delta.eval_loss_high']:+.4f}]) -> {paths.EVAL_METRICS}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,23 +44,37 @@ def main() -> None:
     with files.atomic_path(paths.MERGED_DIR) as tmp:  # a failure below leaves models/merged as it was
         exported = merging.export(merged, tokenizer, tmp, merging.export_dtype(p.merge.dtype))
         del tuned, merged
-        export_logits, export_tokens = merging.logits_and_greedy(exported, batch, stop_ids,
-                                                                  pad_id=tokenizer.pad_token_id)
-        result.update(export_dtype=str(exported.dtype).removeprefix("torch."),
-                      export_max_abs_logit_diff=merging.max_difference(export_logits, reference),
-                      export_greedy_tokens_match=bool(torch.equal(export_tokens, reference_tokens)))
+        export_logits, export_tokens = merging.logits_and_greedy(
+            exported, batch, stop_ids, pad_id=tokenizer.pad_token_id
+        )
+        result.update(
+            export_dtype=str(exported.dtype).removeprefix("torch."),
+            export_max_abs_logit_diff=merging.max_difference(export_logits, reference),
+            export_greedy_tokens_match=bool(torch.equal(export_tokens, reference_tokens)),
+        )
 
         rows = merging.score_rows(len(test), p.merge.eval_rows)
-        merged_rows = scoring.response_rows(exported, tokenizer, chat_format.conversations(test.iloc[rows]),
-                                            p.evaluate.batch_size, p.prepare.max_length)
+        merged_rows = scoring.response_rows(
+            exported, tokenizer, chat_format.conversations(test.iloc[rows]), p.evaluate.batch_size, p.prepare.max_length
+        )
         scored = scoring.summarize_stats(scoring.total_of(merged_rows))
         result.update({"merged.rows": len(rows), **comparison.with_prefix("merged", scored)})
         tuned_rows = read_metrics(paths.EVAL_ROWS, "evaluate")["tuned"]["scored"]  # merged minus tuned, same rows
         tuned_rows = {key: [values[i] for i in rows] for key, values in tuned_rows.items()}
-        result.update(intervals.delta_intervals({"scored": tuned_rows}, {"scored": merged_rows}, "merged_minus_tuned",
-                                                p.evaluate.bootstrap_samples, p.evaluate.seed))
-        merging.say("score", f"merged.eval_loss {scored['eval_loss']:.4f} on {len(rows)} test rows (tuned.eval_loss "
-                    f"{model_card.cell(eval_metrics.get('tuned.eval_loss'))}, {p.model.quantization} base + adapter)")
+        result.update(
+            intervals.delta_intervals(
+                {"scored": tuned_rows},
+                {"scored": merged_rows},
+                "merged_minus_tuned",
+                p.evaluate.bootstrap_samples,
+                p.evaluate.seed,
+            )
+        )
+        merging.say(
+            "score",
+            f"merged.eval_loss {scored['eval_loss']:.4f} on {len(rows)} test rows (tuned.eval_loss "
+            f"{model_card.cell(eval_metrics.get('tuned.eval_loss'))}, {p.model.quantization} base + adapter)",
+        )
 
         _, merge_keys = pipeline.stage_inputs("merge")
         card = model_card.for_run(p, merge_keys, data_counts, eval_metrics, result, tokenizer, stop_ids)

@@ -15,14 +15,21 @@ from finetune.report import page, runs
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--compare", nargs=2, metavar=("REV_A", "REV_B"),
-                        help="two git revisions or DVC experiment names to overlay")
-    parser.add_argument("--seeds", nargs="+", metavar="REV", default=[],
-                        help="with --compare: runs of a seed sweep; their tuned metrics' spread is shown next to the interval")
+    parser.add_argument(
+        "--compare", nargs=2, metavar=("REV_A", "REV_B"), help="two git revisions or DVC experiment names to overlay"
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        metavar="REV",
+        default=[],
+        help="with --compare: runs of a seed sweep; their tuned metrics' spread is shown next to the interval",
+    )
     parser.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples behind each interval")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resamples")
-    parser.add_argument("-o", "--output",
-                        help=f"the page to write (default {paths.REPORT}; {paths.COMPARE_REPORT} with --compare)")
+    parser.add_argument(
+        "-o", "--output", help=f"the page to write (default {paths.REPORT}; {paths.COMPARE_REPORT} with --compare)"
+    )
     return parser.parse_args(argv)
 
 
@@ -35,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         readers = [runs.revision_reader(rev) for rev in args.compare]
         a, b = (runs.load_run(read, rev, curves) for read, rev in zip(readers, args.compare))
         seed_runs = [runs.load_run(runs.revision_reader(rev), rev, curves) for rev in args.seeds]
-        diff = runs.difference_of(a, b, *(runs.read_rows(read) for read in readers), seed_runs,
-                                  args.bootstrap_samples, args.bootstrap_seed)
+        diff = runs.difference_of(
+            a, b, *(runs.read_rows(read) for read in readers), seed_runs, args.bootstrap_samples, args.bootstrap_seed
+        )
         print("\n".join(runs.difference_lines(diff)))
         text, out = page.compare_page(a, b, curves, diff), args.output or paths.COMPARE_REPORT
     else:

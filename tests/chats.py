@@ -38,13 +38,19 @@ def conversations(n: int) -> list[list[tuple[str, str]]]:
 
 
 def write_messages(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]}) + "\n"
-                            for turns in conversations(n)), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]}) + "\n" for turns in conversations(n)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
 def write_sharegpt(path: Path, n: int) -> Path:
-    rows = [{"conversations": [{"from": SHAREGPT_ROLES.get(r, r), "value": c} for r, c in turns], "id": str(i)}
-            for i, turns in enumerate(conversations(n))]
+    rows = [
+        {"conversations": [{"from": SHAREGPT_ROLES.get(r, r), "value": c} for r, c in turns], "id": str(i)}
+        for i, turns in enumerate(conversations(n))
+    ]
     pd.DataFrame(rows).to_parquet(path)
     return path

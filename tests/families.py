@@ -28,8 +28,13 @@ PHI3_TEMPLATE = (
     "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
-SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2}
+SIZE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 VOCAB = 1024
 
 
@@ -42,13 +47,27 @@ class Family:
     linear_layers: tuple[str, ...]  # leaf names of the linear layers in each block
 
 
-QWEN2 = Family("qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "<|im_end|>", ("<|im_end|>", "<|endoftext|>"),
-               ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"))
-LLAMA3 = Family("llama3", ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                           "<|eot_id|>"), "<|eot_id|>", ("<|eot_id|>", "<|end_of_text|>"),
-                ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"))
-PHI3 = Family("phi3", ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"), "<|end|>",
-              ("<|end|>", "<|endoftext|>"), ("down_proj", "gate_up_proj", "o_proj", "qkv_proj"))
+QWEN2 = Family(
+    "qwen2",
+    ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    "<|im_end|>",
+    ("<|im_end|>", "<|endoftext|>"),
+    ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"),
+)
+LLAMA3 = Family(
+    "llama3",
+    ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "<|eot_id|>",
+    ("<|eot_id|>", "<|end_of_text|>"),
+    ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"),
+)
+PHI3 = Family(
+    "phi3",
+    ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+    "<|end|>",
+    ("<|end|>", "<|endoftext|>"),
+    ("down_proj", "gate_up_proj", "o_proj", "qkv_proj"),
+)
 FAMILIES = {f.name: f for f in (QWEN2, LLAMA3, PHI3)}
 
 
@@ -98,24 +117,49 @@ def build(family: Family, out: Path, seed: int = 0) -> Path:
     ids = tok.convert_tokens_to_ids
     torch.manual_seed(seed)
     if family is QWEN2:
-        cfg = config.TinyModelParams(hidden_size=SIZE["hidden_size"], intermediate_size=SIZE["intermediate_size"],
-                                     num_layers=SIZE["num_hidden_layers"], num_heads=SIZE["num_attention_heads"],
-                                     num_kv_heads=SIZE["num_key_value_heads"], seed=seed)
+        cfg = config.TinyModelParams(
+            hidden_size=SIZE["hidden_size"],
+            intermediate_size=SIZE["intermediate_size"],
+            num_layers=SIZE["num_hidden_layers"],
+            num_heads=SIZE["num_attention_heads"],
+            num_kv_heads=SIZE["num_key_value_heads"],
+            seed=seed,
+        )
         model = tiny.build_model(cfg, tok)
     elif family is LLAMA3:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), tie_word_embeddings=True, bos_token_id=ids("<|begin_of_text|>"),
-                                             eos_token_id=[ids("<|eot_id|>"), ids("<|end_of_text|>")],
-                                             max_position_embeddings=2048, **SIZE))
-        model.generation_config = GenerationConfig(bos_token_id=ids("<|begin_of_text|>"),
-                                                   eos_token_id=[ids("<|eot_id|>"), ids("<|end_of_text|>")],
-                                                   do_sample=True, temperature=0.6, top_p=0.9)
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tok),
+                tie_word_embeddings=True,
+                bos_token_id=ids("<|begin_of_text|>"),
+                eos_token_id=[ids("<|eot_id|>"), ids("<|end_of_text|>")],
+                max_position_embeddings=2048,
+                **SIZE,
+            )
+        )
+        model.generation_config = GenerationConfig(
+            bos_token_id=ids("<|begin_of_text|>"),
+            eos_token_id=[ids("<|eot_id|>"), ids("<|end_of_text|>")],
+            do_sample=True,
+            temperature=0.6,
+            top_p=0.9,
+        )
     else:
-        model = Phi3ForCausalLM(Phi3Config(vocab_size=len(tok), tie_word_embeddings=False, bos_token_id=None,
-                                           eos_token_id=ids("<|endoftext|>"), pad_token_id=ids("<|endoftext|>"),
-                                           max_position_embeddings=2048, original_max_position_embeddings=2048,
-                                           **SIZE))
-        model.generation_config = GenerationConfig(eos_token_id=[ids("<|endoftext|>"), ids("<|end|>")],
-                                                   pad_token_id=ids("<|endoftext|>"))
+        model = Phi3ForCausalLM(
+            Phi3Config(
+                vocab_size=len(tok),
+                tie_word_embeddings=False,
+                bos_token_id=None,
+                eos_token_id=ids("<|endoftext|>"),
+                pad_token_id=ids("<|endoftext|>"),
+                max_position_embeddings=2048,
+                original_max_position_embeddings=2048,
+                **SIZE,
+            )
+        )
+        model.generation_config = GenerationConfig(
+            eos_token_id=[ids("<|endoftext|>"), ids("<|end|>")], pad_token_id=ids("<|endoftext|>")
+        )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)

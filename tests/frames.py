@@ -34,6 +34,7 @@ def output_chars(rows: pd.DataFrame) -> list[int]:
 
 # ---------------------------------------------------------------- an independent prompt identity
 
+
 def _norm(text: str) -> str:
     """Written apart from identity.normalise on purpose: NFKC, casefold, \\s+ -> " ", edges by category."""
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
@@ -62,6 +63,7 @@ def leaks(*splits: pd.DataFrame) -> set:
 
 # ---------------------------------------------------------------- the counts of cleaning.clean
 
+
 def assert_counts_add_up(counts: dict, n_rows: int) -> None:
     dropped = {k: v for k, v in counts.items() if k.startswith("dropped.")}
     # prepare adds no_labelled_token (cleaning.clean has no tokenizer to tell)
@@ -77,8 +79,15 @@ def only_drop(counts: dict) -> dict:
 
 # ---------------------------------------------------------------- distinct prompts, spelled many ways
 
-BASES = [("Define APR.", ""), ("What is a bond?", ""), ("Add the numbers.", "1, 2"), ("Add the numbers.", "3, 4"),
-         ("Straße costs", "fuel"), ("Summarize the report", "Revenue rose 5%."), ("Classify", "ACH DEBIT 12/05")]
+BASES = [
+    ("Define APR.", ""),
+    ("What is a bond?", ""),
+    ("Add the numbers.", "1, 2"),
+    ("Add the numbers.", "3, 4"),
+    ("Straße costs", "fuel"),
+    ("Summarize the report", "Revenue rose 5%."),
+    ("Classify", "ACH DEBIT 12/05"),
+]
 FULLWIDTH = {c: chr(ord(c) + 0xFEE0) for c in map(chr, range(0x21, 0x7F))} | {" ": "\u3000"}
 
 
@@ -102,4 +111,3 @@ def prompt_rows(draw) -> list[tuple]:
         instruction, input_text = draw(st.sampled_from(BASES))
         rows.append((draw(variant(instruction)), draw(variant(input_text)), draw(st.sampled_from(["A.", "B.", "C."]))))
     return rows
-

@@ -28,16 +28,26 @@ def env() -> dict:
     e = dict(os.environ)
     e.setdefault("OMP_NUM_THREADS", "1")
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
-    e.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-             DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-             GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    e.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        DVC_NO_ANALYTICS="1",
+        PYTHONUNBUFFERED="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
     return e
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600,
-        extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
-                            timeout=timeout)
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -47,8 +57,9 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([str(BIN / "dvc"), *args], cwd=cwd, check=check)
 
 
-def stage(name: str, cwd: Path, check: bool = True, extra_env: dict | None = None,
-          args: list[str] | tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def stage(
+    name: str, cwd: Path, check: bool = True, extra_env: dict | None = None, args: list[str] | tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     """`python -m stages.<name> [args]` in cwd, as dvc.yaml runs it (tests never import a stage module)."""
     return run([sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, check=check, extra_env=extra_env)
 
@@ -96,4 +107,6 @@ def copy(src: Path, dst: Path) -> None:
 
 
 requires_alpaca = pytest.mark.skipif(not ALPACA.is_file(), reason=f"{ALPACA} not present")
-requires_qwen2_tokenizer = pytest.mark.skipif(common.qwen2_tokenizer_dir() is None, reason=f"{QWEN2_TOKENIZER} not present")
+requires_qwen2_tokenizer = pytest.mark.skipif(
+    common.qwen2_tokenizer_dir() is None, reason=f"{QWEN2_TOKENIZER} not present"
+)

@@ -69,20 +69,37 @@ LATIN1_CSV = "instruction,output\ncaf\u00e9,b\n".encode("latin-1")  # é is byte
 # Reading the file (finetune.data.readers) fails on these:
 READER_ERRORS = {
     "missing file": ("nowhere.csv", None, ["file not found"]),
-    "unknown extension": ("data.txt", _text("instruction,output\na,b\n"),
-                          ["unknown extension '.txt'", ".parquet, .csv, .json, .jsonl"]),
-    **{f"empty {suffix}": (f"empty{suffix}", _bytes(b""), ["file is empty"])
-       for suffix in (".parquet", ".csv", ".json", ".jsonl")},
+    "unknown extension": (
+        "data.txt",
+        _text("instruction,output\na,b\n"),
+        ["unknown extension '.txt'", ".parquet, .csv, .json, .jsonl"],
+    ),
+    **{
+        f"empty {suffix}": (f"empty{suffix}", _bytes(b""), ["file is empty"])
+        for suffix in (".parquet", ".csv", ".json", ".jsonl")
+    },
     "whitespace-only json": ("blank.json", _text(" \n\t\n"), ["file is empty"]),
-    "jsonl line not json": ("bad.jsonl", _text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c"\n'),
-                            ["line 3 is not valid JSON"]),  # blank lines count
-    "jsonl line not an object": ("array.jsonl", _text('{"instruction": "a", "output": "b"}\n["c", "d"]\n'),
-                                 ["line 2 is list, expected an object"]),
+    "jsonl line not json": (
+        "bad.jsonl",
+        _text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c"\n'),
+        ["line 3 is not valid JSON"],
+    ),  # blank lines count
+    "jsonl line not an object": (
+        "array.jsonl",
+        _text('{"instruction": "a", "output": "b"}\n["c", "d"]\n'),
+        ["line 2 is list, expected an object"],
+    ),
     "csv not utf-8": ("latin1.csv", _bytes(LATIN1_CSV), ["not UTF-8", "0xe9", "byte offset 22"]),
-    "csv not utf-8 after a bom": ("bom.csv", _bytes(b"\xef\xbb\xbf" + LATIN1_CSV),
-                                  ["not UTF-8", "0xe9", "byte offset 25"]),  # the offset counts the BOM
-    "json object, not a list": ("object.json", _text(json.dumps({"instruction": "a", "output": "b"})),
-                                ["expected a JSON list of records, found dict"]),
+    "csv not utf-8 after a bom": (
+        "bom.csv",
+        _bytes(b"\xef\xbb\xbf" + LATIN1_CSV),
+        ["not UTF-8", "0xe9", "byte offset 25"],
+    ),  # the offset counts the BOM
+    "json object, not a list": (
+        "object.json",
+        _text(json.dumps({"instruction": "a", "output": "b"})),
+        ["expected a JSON list of records, found dict"],
+    ),
     "json list of strings": ("strings.json", _text(json.dumps(["a", "b"])), ["record 0 is str, expected an object"]),
     "invalid json": ("broken.json", _text('[\n{"instruction": "a",\n "output": }]'), ["invalid JSON at line 3"]),
     "repeated csv header": ("dup.csv", _text("instruction,output,output\na,b,c\n"), ["'output' appear more than once"]),
@@ -92,17 +109,35 @@ READER_ERRORS = {
 # ... and the table read, checking its schema and cells (finetune.data.schema) fails on these:
 SCHEMA_ERRORS = {
     "csv header without rows": ("header.csv", _text("instruction,input,output\n"), ["no rows"]),
-    "missing column": ("nocol.csv", _rows({"instruction": "a", "input": "", "response": "b"}),
-                       ["required column(s) output missing", "found: instruction, input, response"]),
-    "near-miss column names": ("near.jsonl", _rows({"Instruction": "a", "Output": "b"}),
-                               ["instruction, output missing", "found: Instruction, Output",
-                                "'Output' looks like 'output' but columns are never renamed"]),
-    "dict cell": ("dict.json", _rows(ROWS[0], {"instruction": "x", "output": {"text": "y"}}),
-                  ["row 2, column 'output'", "expected text, found dict"]),
-    "list cell": ("list.jsonl", _rows({"instruction": ["a", "b"], "output": "y"}),
-                  ["row 1, column 'instruction'", "expected text, found list"]),
-    "array cell in parquet": ("list.parquet", _rows({"instruction": ["a"], "output": "x"}),
-                              ["row 1, column 'instruction'", "expected text, found ndarray"]),
+    "missing column": (
+        "nocol.csv",
+        _rows({"instruction": "a", "input": "", "response": "b"}),
+        ["required column(s) output missing", "found: instruction, input, response"],
+    ),
+    "near-miss column names": (
+        "near.jsonl",
+        _rows({"Instruction": "a", "Output": "b"}),
+        [
+            "instruction, output missing",
+            "found: Instruction, Output",
+            "'Output' looks like 'output' but columns are never renamed",
+        ],
+    ),
+    "dict cell": (
+        "dict.json",
+        _rows(ROWS[0], {"instruction": "x", "output": {"text": "y"}}),
+        ["row 2, column 'output'", "expected text, found dict"],
+    ),
+    "list cell": (
+        "list.jsonl",
+        _rows({"instruction": ["a", "b"], "output": "y"}),
+        ["row 1, column 'instruction'", "expected text, found list"],
+    ),
+    "array cell in parquet": (
+        "list.parquet",
+        _rows({"instruction": ["a"], "output": "x"}),
+        ["row 1, column 'instruction'", "expected text, found ndarray"],
+    ),
 }
 BAD_INPUTS = {**READER_ERRORS, **SCHEMA_ERRORS}
 

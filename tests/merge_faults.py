@@ -19,8 +19,10 @@ def write_large_adapter(base_dir: Path, out: Path, seed: int = 0) -> None:
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # lora_A's initialisation: the same adapter in every project
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+            LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM"),
+        )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, weight in model.named_parameters():
@@ -33,22 +35,27 @@ def write_large_adapter(base_dir: Path, out: Path, seed: int = 0) -> None:
 
 def skip_adapter(original):
     """A merge that drops the adapter: the base comes back unchanged."""
+
     def merge_and_unload(self, *args, **kwargs):
         return self.unload()
+
     return merge_and_unload
 
 
 def wrong_weights(original):
     """A merge that adds layer 0's q_proj delta to layer 1 and the reverse."""
+
     def merge_and_unload(self, *args, **kwargs):
         a, b = (layer.self_attn.q_proj.lora_B["default"] for layer in self.model.model.layers[:2])
         a.weight.data, b.weight.data = b.weight.data, a.weight.data
         return original(self, *args, **kwargs)
+
     return merge_and_unload
 
 
 def lossy_save(original):
     """An export that loses a weight on the way to disk (the model in memory is intact)."""
+
     def save_pretrained(self, directory, *args, **kwargs):
         from safetensors.torch import load_file, save_file
 
@@ -57,13 +64,18 @@ def lossy_save(original):
         tensors = load_file(path)
         tensors["model.layers.1.mlp.down_proj.weight"].zero_()
         save_file(tensors, path, metadata={"format": "pt"})
+
     return save_pretrained
 
 
-PARITY = (r"merged model differs from base\+adapter by \S+ in logits \(merge.tolerance 0.001\); "
-          r".*models/merged was not written")
-EXPORT = (r"models/merged reloaded with plain transformers does not hold the merged weights "
-          r"\(changed: model.layers.1.mlp.down_proj.weight\); models/merged was not written")
+PARITY = (
+    r"merged model differs from base\+adapter by \S+ in logits \(merge.tolerance 0.001\); "
+    r".*models/merged was not written"
+)
+EXPORT = (
+    r"models/merged reloaded with plain transformers does not hold the merged weights "
+    r"\(changed: model.layers.1.mlp.down_proj.weight\); models/merged was not written"
+)
 # name -> (the fault, what it replaces, the error it must end in)
 FAULTS = {
     "skip_adapter": (skip_adapter, "peft.tuners.tuners_utils.BaseTuner.merge_and_unload", PARITY),
@@ -82,5 +94,7 @@ def patch(setattr, fault: str) -> None:
 
 def sitecustomize(fault: str) -> str:
     """A sitecustomize.py that puts `fault` in place when a stage's interpreter starts."""
-    return (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            f"import merge_faults\nsys.path.pop(0)\nmerge_faults.patch(setattr, {fault!r})\n")
+    return (
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"import merge_faults\nsys.path.pop(0)\nmerge_faults.patch(setattr, {fault!r})\n"
+    )

@@ -47,6 +47,7 @@ Lengths = Callable[[pd.DataFrame], Sequence[int]]
 NONE_FITS = -1
 NOT_CHECKED = -2
 
+
 def row_problem(instruction, input_text, output) -> str | None:
     """The first of REASONS[:6] that applies to one row, or None when it is usable."""
     return _row_problems(*(_arrow(pd.Series([v], dtype=object)) for v in (instruction, input_text, output)))[0]
@@ -65,8 +66,10 @@ def _row_problems(i: pa.Array, x: pa.Array, o: pa.Array) -> np.ndarray:
     def placeholder():
         candidates = np.flatnonzero(matches(o, _PLACEHOLDER_LIKE) | matches(o, _DOTS_LIKE))
         found = np.zeros(len(o), dtype=bool)
-        found[candidates] = [bool(PLACEHOLDER.fullmatch(t) or DOTS.fullmatch(t))
-                             for t in o.take(pa.array(candidates, type=pa.int64())).to_pylist()]
+        found[candidates] = [
+            bool(PLACEHOLDER.fullmatch(t) or DOTS.fullmatch(t))
+            for t in o.take(pa.array(candidates, type=pa.int64())).to_pylist()
+        ]
         return found
 
     checks = (
@@ -75,8 +78,10 @@ def _row_problems(i: pa.Array, x: pa.Array, o: pa.Array) -> np.ndarray:
         ("blank_instruction", lambda: matches(i, _BLANK) | _normalises_to_nothing(i)),  # e.g. "?"
         ("blank_output", lambda: matches(o, _BLANK)),
         ("placeholder_output", placeholder),
-        ("control_characters", lambda: matches(i, CONTROL.pattern) | matches(x, CONTROL.pattern)
-         | matches(o, CONTROL.pattern)),
+        (
+            "control_characters",
+            lambda: matches(i, CONTROL.pattern) | matches(x, CONTROL.pattern) | matches(o, CONTROL.pattern),
+        ),
     )
     reasons = np.full(len(o), None, dtype=object)
     for reason, check in checks:
@@ -116,8 +121,13 @@ def clean(
     reasons = _row_problems(_arrow(frame["instruction"]), inputs, _arrow(frame["output"]))
     usable = np.flatnonzero(pd.isna(reasons))
     take = pa.array(usable, type=pa.int64())
-    rows = pa.table({"instruction": _arrow(frame["instruction"]).take(take), "input": inputs.take(take),
-                     "output": _arrow(frame["output"]).take(take)}).to_pandas()
+    rows = pa.table(
+        {
+            "instruction": _arrow(frame["instruction"]).take(take),
+            "input": inputs.take(take),
+            "output": _arrow(frame["output"]).take(take),
+        }
+    ).to_pandas()
     group, keys = identity.factorize(identity.prompt_identities(rows))
     picker = _Picker(rows, group, lengths, max_length, too_long)
     if lengths is None or n is None or n >= len(keys):
@@ -173,14 +183,14 @@ class _Picker:
             fitted = int((self.kept_at[draw[:done]] >= 0).sum())
             if fitted >= n:
                 break
-            step = draw[done:done + max(n - fitted, 64)]
+            step = draw[done : done + max(n - fitted, 64)]
             self.resolve(step[self.kept_at[step] == NOT_CHECKED])
             done += len(step)
         # Only the prefix of the draw up to its n-th fitting prompt counts as checked.
         fits = np.cumsum(self.kept_at[draw] >= 0)
         last = int(np.searchsorted(fits, n)) if fits.size and fits[-1] >= n else len(draw) - 1
         checked = multi.copy()
-        checked[draw[:last + 1]] = True
+        checked[draw[: last + 1]] = True
         return checked
 
     def resolve(self, prompts_: np.ndarray) -> None:
@@ -248,8 +258,11 @@ def check_drop_share(counts: dict, max_drop_fraction: float, source: str) -> Non
     dropped = counts["dropped_total"] + extra
     share = dropped / counts["rows_read"]
     if share > max_drop_fraction:
-        what, basis = (f"would drop about {dropped}", f"; too_long estimated from {counts['length_checked']} rows "
-                       f"checked") if extra else (f"dropped {dropped}", "")
+        what, basis = (
+            (f"would drop about {dropped}", f"; too_long estimated from {counts['length_checked']} rows checked")
+            if extra
+            else (f"dropped {dropped}", "")
+        )
         raise DataError(
             f"{source}: cleaning {what} of {counts['rows_read']} rows "
             f"({share:.0%} > prepare.max_drop_fraction {max_drop_fraction:.0%}{basis}); "

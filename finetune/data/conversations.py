@@ -63,8 +63,10 @@ def row_problem(messages: list[dict]) -> str | None:
 
 def conversation_identity(messages: list[dict]) -> str:
     """The normalised user side: system and user turns, in order, roles kept."""
-    return json.dumps([[t["role"], identity.normalise(t["content"])] for t in messages if t["role"] != "assistant"],
-                      ensure_ascii=False)
+    return json.dumps(
+        [[t["role"], identity.normalise(t["content"])] for t in messages if t["role"] != "assistant"],
+        ensure_ascii=False,
+    )
 
 
 def identities(texts: pd.Series) -> pa.Array:
@@ -82,8 +84,9 @@ def cut(messages: list[dict], ends: list[int], max_length: int) -> tuple[list[di
     return messages[: assistant[k] + 1], ends[k]
 
 
-def clean(frame: pd.DataFrame, encode: Encode, max_length: int, too_long: str, n: int | None,
-          seed: int) -> tuple[pd.DataFrame, dict]:
+def clean(
+    frame: pd.DataFrame, encode: Encode, max_length: int, too_long: str, n: int | None, seed: int
+) -> tuple[pd.DataFrame, dict]:
     """cleaning.clean for conversations: (kept rows in file order, counts by reason).
 
     Every usable conversation is tokenized once (encode); with too_long "truncate" a longer one is cut by whole
@@ -108,11 +111,15 @@ def clean(frame: pd.DataFrame, encode: Encode, max_length: int, too_long: str, n
     usable = usable[labelled]
     kept_messages = [texts[k] for k in labelled]
     row_lengths = np.array([lengths[k] for k in labelled], dtype=int)
-    rows = pd.DataFrame({
-        "conversation": [json.dumps(m, ensure_ascii=False) for m in kept_messages],
-        "output": [json.dumps([t["content"] for t in m if t["role"] == "assistant"], ensure_ascii=False)
-                   for m in kept_messages],
-    })
+    rows = pd.DataFrame(
+        {
+            "conversation": [json.dumps(m, ensure_ascii=False) for m in kept_messages],
+            "output": [
+                json.dumps([t["content"] for t in m if t["role"] == "assistant"], ensure_ascii=False)
+                for m in kept_messages
+            ],
+        }
+    )
     group, keys = identity.factorize(pa.array([conversation_identity(m) for m in kept_messages], pa.large_string()))
     by_text = dict(zip(rows["conversation"], row_lengths))
     picker = cleaning._Picker(rows, group, lambda r: [by_text[t] for t in r["conversation"]], max_length, "drop")
@@ -153,10 +160,13 @@ def token_report(frames: dict[str, pd.DataFrame], encode: Encode, max_length: in
             labelled += row_labels
             turns += sum(turn["role"] == "assistant" for turn in messages)
             unlabelled += row_labels == 0
-        report |= {f"tokens.{name}.total": total, f"tokens.{name}.labelled": labelled,
-                   f"tokens.{name}.labelled_share": round(labelled / max(total, 1), 4),
-                   f"tokens.{name}.assistant_turns_per_row": round(turns / max(len(frame), 1), 4),
-                   f"tokens.{name}.rows_without_labels": unlabelled}
+        report |= {
+            f"tokens.{name}.total": total,
+            f"tokens.{name}.labelled": labelled,
+            f"tokens.{name}.labelled_share": round(labelled / max(total, 1), 4),
+            f"tokens.{name}.assistant_turns_per_row": round(turns / max(len(frame), 1), 4),
+            f"tokens.{name}.rows_without_labels": unlabelled,
+        }
     return report
 
 

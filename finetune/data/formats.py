@@ -19,9 +19,15 @@ from finetune.errors import DataError
 FORMATS = ("alpaca", "messages", "sharegpt")
 MESSAGES = "messages"  # the canonical conversation column
 # Per conversation format: its usual column, the keys of a turn (role, text), and role names mapped to ours.
-TURNS = {"messages": ("messages", "role", "content", {}),
-         "sharegpt": ("conversations", "from", "value", {"human": "user", "gpt": "assistant", "system": "system",
-                                                         "user": "user", "assistant": "assistant"})}
+TURNS = {
+    "messages": ("messages", "role", "content", {}),
+    "sharegpt": (
+        "conversations",
+        "from",
+        "value",
+        {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"},
+    ),
+}
 
 
 def is_conversations(frame: pd.DataFrame) -> bool:
@@ -54,8 +60,9 @@ def _first_turn(values: pd.Series) -> dict | None:
     return None
 
 
-def canonical(frame: pd.DataFrame, source: str, fmt: str, columns: dict[str, str], extra_columns: str) -> \
-        tuple[pd.DataFrame, str]:
+def canonical(
+    frame: pd.DataFrame, source: str, fmt: str, columns: dict[str, str], extra_columns: str
+) -> tuple[pd.DataFrame, str]:
     """(the canonical table, the format it was read as): fmt "auto" is decided by detect()."""
     if frame.empty:
         raise DataError(f"{source}: no rows")
@@ -65,28 +72,35 @@ def canonical(frame: pd.DataFrame, source: str, fmt: str, columns: dict[str, str
     return conversations(frame, source, chosen, columns), chosen
 
 
-def alpaca(frame: pd.DataFrame, source: str, columns: dict[str, str], extra_columns: str,
-           named: bool = True) -> pd.DataFrame:
+def alpaca(
+    frame: pd.DataFrame, source: str, columns: dict[str, str], extra_columns: str, named: bool = True
+) -> pd.DataFrame:
     """Alpaca rows under the user's column names -> schema.canonicalize (no mapping: exactly as before)."""
     mapping = {theirs: ours for ours, theirs in columns.items() if ours != MESSAGES}
     if mapping:
         missing = [theirs for theirs in mapping if theirs not in frame.columns.astype(str)]
         if missing:
             found = ", ".join(map(str, frame.columns))
-            raise DataError(f"{source}: data.columns names column(s) {', '.join(map(repr, missing))}, not in the "
-                            f"file (format alpaca; found: {found})")
+            raise DataError(
+                f"{source}: data.columns names column(s) {', '.join(map(repr, missing))}, not in the "
+                f"file (format alpaca; found: {found})"
+            )
         taken = [ours for ours in mapping.values() if ours in frame.columns and ours not in mapping]
         if taken:
-            raise DataError(f"{source}: column(s) {', '.join(map(repr, taken))} exist and data.columns maps another "
-                            f"column onto them; map or rename one of them")
+            raise DataError(
+                f"{source}: column(s) {', '.join(map(repr, taken))} exist and data.columns maps another "
+                f"column onto them; map or rename one of them"
+            )
         frame = frame.rename(columns=mapping)
     try:
         return schema.canonicalize(frame, source, extra_columns)
     except DataError as e:
         if named:
             raise DataError(f"{e} (format alpaca)") from None
-        raise DataError(f"{e} (format alpaca, chosen by data.format auto: no messages / conversations column; "
-                        f"another name goes in data.columns)") from None
+        raise DataError(
+            f"{e} (format alpaca, chosen by data.format auto: no messages / conversations column; "
+            f"another name goes in data.columns)"
+        ) from None
 
 
 def conversations(frame: pd.DataFrame, source: str, fmt: str, columns: dict[str, str]) -> pd.DataFrame:
@@ -95,12 +109,16 @@ def conversations(frame: pd.DataFrame, source: str, fmt: str, columns: dict[str,
     column = columns.get(MESSAGES, usual)
     if column not in frame.columns.astype(str):
         found = ", ".join(map(str, frame.columns))
-        raise DataError(f"{source}: format {fmt} expects a column {column!r} of [{{{role_key!r}, {text_key!r}}}] "
-                        f"turns; found: {found}" + ("" if MESSAGES in columns else " (name yours with data.columns: "
-                                                     "{messages: <column>})"))
+        raise DataError(
+            f"{source}: format {fmt} expects a column {column!r} of [{{{role_key!r}, {text_key!r}}}] "
+            f"turns; found: {found}"
+            + ("" if MESSAGES in columns else " (name yours with data.columns: {messages: <column>})")
+        )
     values = frame[frame.columns[list(frame.columns.astype(str)).index(column)]]
-    out = [json.dumps(_row(value, source, row, column, fmt, role_key, text_key, roles), ensure_ascii=False)
-           for row, value in enumerate(values, start=1)]
+    out = [
+        json.dumps(_row(value, source, row, column, fmt, role_key, text_key, roles), ensure_ascii=False)
+        for row, value in enumerate(values, start=1)
+    ]
     return pd.DataFrame({MESSAGES: pd.Series(out, dtype="string")})
 
 
@@ -119,14 +137,16 @@ def _row(value, source: str, row: int, column: str, fmt: str, role_key: str, tex
     where = f"{source}: row {row}, column {column!r}"
     turns = _turns(value)
     if not isinstance(turns, list):
-        raise DataError(f"{where}: expected a list of turns (format {fmt}), found {type(turns).__name__} "
-                        f"{schema._short(turns)}")
+        raise DataError(
+            f"{where}: expected a list of turns (format {fmt}), found {type(turns).__name__} {schema._short(turns)}"
+        )
     result = []
     for k, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
             keys = sorted(turn) if isinstance(turn, dict) else type(turn).__name__
-            raise DataError(f"{where}, turn {k}: expected keys {role_key!r} and {text_key!r} (format {fmt}), "
-                            f"found {keys}")
+            raise DataError(
+                f"{where}, turn {k}: expected keys {role_key!r} and {text_key!r} (format {fmt}), found {keys}"
+            )
         role = schema.as_text(turn[role_key], source, row, f"{column}[{k}].{role_key}") or ""
         text = schema.as_text(turn[text_key], source, row, f"{column}[{k}].{text_key}") or ""
         result.append({"role": roles.get(role, role), "content": text})

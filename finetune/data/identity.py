@@ -57,14 +57,20 @@ def prompt_identities(frame: pd.DataFrame) -> pa.Array:
 def _normalised(column: pd.Series) -> pa.Array:
     texts = pc.fill_null(pa.array(column, type=pa.large_string(), from_pandas=True), "")
     uniques = pc.unique(texts)
-    done = [normalise(t) for t in tqdm(uniques.to_pylist(), desc="normalising prompts", unit="texts",
-                                       disable=None, leave=False)]
+    done = [
+        normalise(t)
+        for t in tqdm(uniques.to_pylist(), desc="normalising prompts", unit="texts", disable=None, leave=False)
+    ]
     return pa.array(done, type=pa.large_string()).take(pc.index_in(texts, value_set=uniques))
 
 
 def factorize(identities: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(per row, the index of its identity in the distinct ones; the distinct ones, in first-row order)."""
-    encoded = pc.dictionary_encode(identities).combine_chunks() if isinstance(identities, pa.ChunkedArray) \
+    encoded = (
+        pc.dictionary_encode(identities).combine_chunks()
+        if isinstance(identities, pa.ChunkedArray)
         else pc.dictionary_encode(identities)
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), \
-        encoded.dictionary.to_numpy(zero_copy_only=False)
+    )
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_numpy(
+        zero_copy_only=False
+    )

@@ -43,8 +43,11 @@ def read_folder(folder: Path, split: str = "") -> tuple[pd.DataFrame, str]:
         return _saved_dataset(folder, split)
     splits: dict[str, list[Path]] = {}
     for file in sorted(folder.rglob("*")):
-        if file.is_file() and file.suffix.lower() in READERS and not any(p.startswith(".") for p in
-                                                                          file.relative_to(folder).parts):
+        if (
+            file.is_file()
+            and file.suffix.lower() in READERS
+            and not any(p.startswith(".") for p in file.relative_to(folder).parts)
+        ):
             splits.setdefault(_SHARD.match(file.stem.lower())["split"], []).append(file)
     if not splits:
         raise DataError(f"{folder}: a folder with no data files ({', '.join(READERS)}) and no save_to_disk dataset")
@@ -84,7 +87,7 @@ def _saved_dataset(folder: Path, split: str) -> tuple[pd.DataFrame, str]:
         name = _pick(folder, split, sorted(loaded))
         loaded, where = loaded[name], f"{folder} (split {name!r})"
     elif split:
-        raise DataError(f"{folder}: a single saved dataset has no splits, but data.split is {split!r}; set it to \"\"")
+        raise DataError(f'{folder}: a single saved dataset has no splits, but data.split is {split!r}; set it to ""')
     if not len(loaded):
         raise DataError(f"{where}: no rows")
     return _frame(loaded.to_list()), where

@@ -78,7 +78,8 @@ def canonicalize(frame: pd.DataFrame, source: str, extra_columns: str) -> pd.Dat
 def text_column(values: pd.Series, convert) -> pd.Series:
     """values as "string": a column of text and missing values as it is, any other cell by convert(value, row)."""
     if isinstance(values.dtype, pd.StringDtype) or (
-            values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")):
+        values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty")
+    ):
         return values.astype("string")
     cells = tqdm(values.tolist(), desc=f"column {values.name}", unit="rows", disable=None, leave=False)
     return pd.Series([convert(v, i) for i, v in enumerate(cells)], dtype="string")

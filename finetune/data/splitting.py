@@ -24,8 +24,9 @@ def split_sizes(prompts_sampled: int, test_fraction: float, val_fraction: float)
     return prompts_sampled - n_val - n_test, n_val, n_test
 
 
-def sample_and_split(frame: pd.DataFrame, n: int, test_fraction: float, val_fraction: float, seed: int,
-                     identities=None):
+def sample_and_split(
+    frame: pd.DataFrame, n: int, test_fraction: float, val_fraction: float, seed: int, identities=None
+):
     """The first n prompts in draw order, split (train, val, test): no prompt in two splits.
 
     Rows with the same prompt identity (identity.prompt_identity, or `identities` given per row: a
@@ -34,14 +35,21 @@ def sample_and_split(frame: pd.DataFrame, n: int, test_fraction: float, val_frac
     group, keys = identity.factorize(identity.prompt_identities(frame) if identities is None else identities)
     draw = np.argsort(draw_keys(keys, seed), kind="stable")[:n]
     if len(draw) < MIN_PROMPTS:
-        raise DataError(f"{len(draw)} prompt(s) to split (prepare.n {n}, {len(keys)} distinct); need at least "
-                           f"{MIN_PROMPTS}, one each for train, val and test")
+        raise DataError(
+            f"{len(draw)} prompt(s) to split (prepare.n {n}, {len(keys)} distinct); need at least "
+            f"{MIN_PROMPTS}, one each for train, val and test"
+        )
     _, n_val, n_test = split_sizes(len(draw), test_fraction, val_fraction)
     place = np.full(len(keys), -1)
     place[draw] = np.arange(len(draw))
     rank = place[group]  # -1: not sampled
-    parts = {"test": (rank >= 0) & (rank < n_test), "val": (rank >= n_test) & (rank < n_test + n_val),
-             "train": rank >= n_test + n_val}
+    parts = {
+        "test": (rank >= 0) & (rank < n_test),
+        "val": (rank >= n_test) & (rank < n_test + n_val),
+        "train": rank >= n_test + n_val,
+    }
     # Draw order, not file order, so a seed change reshuffles training batches too.
-    return tuple(frame[parts[name]].iloc[np.argsort(rank[parts[name]], kind="stable")].reset_index(drop=True)
-                 for name in ("train", "val", "test"))
+    return tuple(
+        frame[parts[name]].iloc[np.argsort(rank[parts[name]], kind="stable")].reset_index(drop=True)
+        for name in ("train", "val", "test")
+    )

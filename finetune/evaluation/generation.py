@@ -15,8 +15,13 @@ def sample_indices(n_rows: int, k: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_rows), min(k, n_rows)))
 
 
-def generation_settings(max_new_tokens: int, eos_token_id: list[int] | None = None, pad_token_id: int | None = None,
-                        do_sample: bool = False, temperature: float = 1.0) -> dict:
+def generation_settings(
+    max_new_tokens: int,
+    eos_token_id: list[int] | None = None,
+    pad_token_id: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+) -> dict:
     """Every decoding knob of transformers' generate(), from the arguments alone (JSON-ready).
 
     A fresh GenerationConfig is not enough: generate() fills each field left None from the model's own
@@ -26,13 +31,21 @@ def generation_settings(max_new_tokens: int, eos_token_id: list[int] | None = No
     eos_token_id None keeps the model's end tokens.
     """
     settings = {
-        "max_new_tokens": max_new_tokens, "min_new_tokens": 0, "do_sample": do_sample, "num_beams": 1,
-        "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "renormalize_logits": False,
-        "eos_token_id": eos_token_id, "pad_token_id": pad_token_id, "use_cache": True,
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": 0,
+        "do_sample": do_sample,
+        "num_beams": 1,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+        "renormalize_logits": False,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+        "use_cache": True,
     }
     if do_sample:
-        settings.update(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
-                        epsilon_cutoff=0.0, eta_cutoff=0.0)
+        settings.update(
+            temperature=temperature, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0
+        )
     else:  # unused by greedy decoding; set so the model's values are not copied in (and warned about)
         settings.update(temperature=1.0, top_p=1.0, top_k=50, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
     return settings
@@ -46,19 +59,36 @@ def generation_config(**settings):
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, conversations: list[dict], batch_size: int, max_new_tokens: int,
-             do_sample: bool = False, temperature: float = 1.0, seed: int = 0,
-             stop_ids: list[int] | None = None) -> list[dict]:
+def generate(
+    model,
+    tokenizer,
+    conversations: list[dict],
+    batch_size: int,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    stop_ids: list[int] | None = None,
+) -> list[dict]:
     """Responses for the prompts of `conversations`: left-padded batches, KV cache, stop at an end token
     (`stop_ids`; default: chat_format.stop_token_ids of the tokenizer and the model's generation_config)."""
     model.eval()
     end_ids = stop_ids if stop_ids is not None else chat_format.stop_token_ids(tokenizer, model.generation_config)
-    config = generation_config(max_new_tokens=max_new_tokens, eos_token_id=end_ids,
-                               pad_token_id=tokenizer.pad_token_id, do_sample=do_sample, temperature=temperature)
+    config = generation_config(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=end_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=do_sample,
+        temperature=temperature,
+    )
     device = next(model.parameters()).device
     results = []
-    for start in tqdm(range(0, len(conversations), batch_size), desc="sampling" if do_sample else "generating",
-                      unit="batch", disable=None):
+    for start in tqdm(
+        range(0, len(conversations), batch_size),
+        desc="sampling" if do_sample else "generating",
+        unit="batch",
+        disable=None,
+    ):
         batch = prompt_batch(tokenizer, conversations[start : start + batch_size], device)
         if do_sample:
             torch.manual_seed(seed + start)
@@ -67,15 +97,18 @@ def generate(model, tokenizer, conversations: list[dict], batch_size: int, max_n
             end = next((i for i, token in enumerate(row) if token in end_ids), None)
             stopped = end is not None
             tokens = row[:end] if stopped else row
-            results.append({"text": tokenizer.decode(tokens, skip_special_tokens=True),
-                            "tokens": len(tokens), "stopped": stopped})
+            results.append(
+                {"text": tokenizer.decode(tokens, skip_special_tokens=True), "tokens": len(tokens), "stopped": stopped}
+            )
     return results
 
 
 def prompt_batch(tokenizer, conversations: list[dict], device):
     """The conversations' prompts (chat template, generation prompt) as one batch, left-padded: generation
     continues from the last position of every row."""
-    texts = [tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True) for c in conversations]
+    texts = [
+        tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True) for c in conversations
+    ]
     return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(device)
 
 
@@ -86,5 +119,7 @@ def settings_report(tokenizer, cfg, stop_ids: list[int]) -> dict:
     report = {f"generation.{k}": v for k, v in generation_settings(cfg.max_new_tokens, ends, pad).items()}
     if cfg.do_sample:
         sampled = generation_settings(cfg.max_new_tokens, ends, pad, do_sample=True, temperature=cfg.temperature)
-        report.update({f"generation.sampled.{k}": v for k, v in sampled.items()}, **{"generation.sampled.seed": cfg.seed})
+        report.update(
+            {f"generation.sampled.{k}": v for k, v in sampled.items()}, **{"generation.sampled.seed": cfg.seed}
+        )
     return report

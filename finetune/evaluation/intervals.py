@@ -64,8 +64,11 @@ def answer_metrics(sums: dict[str, np.ndarray], n_rows: int) -> dict[str, np.nda
 
 def _column(rows: dict, name: str) -> np.ndarray:
     values = rows[name]
-    return np.asarray([np.asarray(v, dtype=np.float64) for v in values]) if name == "chrf_stats" else \
-        np.asarray(values, dtype=np.float64)
+    return (
+        np.asarray([np.asarray(v, dtype=np.float64) for v in values])
+        if name == "chrf_stats"
+        else np.asarray(values, dtype=np.float64)
+    )
 
 
 def _resampled(rows: dict, columns, counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -133,15 +136,22 @@ def pair_by_key(a: dict, b: dict) -> tuple[dict, dict, dict[str, int]]:
     repeated_key (a key on more than one row of a run: which of them pairs with which is unknown)."""
     for side, name in ((a, "a"), (b, "b")):
         if "key" not in side:
-            raise ValueError(f"run {name}'s per-row results have no row keys (made by an older evaluate); "
-                             "rerun `dvc repro evaluate` there")
+            raise ValueError(
+                f"run {name}'s per-row results have no row keys (made by an older evaluate); "
+                "rerun `dvc repro evaluate` there"
+            )
     seen_a, seen_b = Counter(a["key"]), Counter(b["key"])
     where_b = {key: i for i, key in enumerate(b["key"]) if seen_b[key] == 1}
     pairs = [(i, where_b[key]) for i, key in enumerate(a["key"]) if seen_a[key] == 1 and key in where_b]
-    dropped = {"only_in_a": sum(n for key, n in seen_a.items() if key not in seen_b),
-               "only_in_b": sum(n for key, n in seen_b.items() if key not in seen_a),
-               "repeated_key": sum(n for key, n in (seen_a + seen_b).items()
-                                   if key in seen_a and key in seen_b and (seen_a[key] > 1 or seen_b[key] > 1))}
+    dropped = {
+        "only_in_a": sum(n for key, n in seen_a.items() if key not in seen_b),
+        "only_in_b": sum(n for key, n in seen_b.items() if key not in seen_a),
+        "repeated_key": sum(
+            n
+            for key, n in (seen_a + seen_b).items()
+            if key in seen_a and key in seen_b and (seen_a[key] > 1 or seen_b[key] > 1)
+        ),
+    }
     columns = [c for c in a if c in b and c != "key"]
     a_paired = {c: [a[c][i] for i, _ in pairs] for c in columns}
     b_paired = {c: [b[c][j] for _, j in pairs] for c in columns}

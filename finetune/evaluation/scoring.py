@@ -125,21 +125,27 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.
     return {"nll": nll, "entropy": entropy, "correct": (x.argmax(-1) == targets).float()}
 
 
-def response_metrics(model, tokenizer, conversations: list[dict], batch_size: int, max_length: int,
-                     chunk: int | None = None) -> dict:
+def response_metrics(
+    model, tokenizer, conversations: list[dict], batch_size: int, max_length: int, chunk: int | None = None
+) -> dict:
     """Loss, perplexity, accuracy and entropy over response tokens: the sums of response_rows."""
     return summarize_stats(total_of(response_rows(model, tokenizer, conversations, batch_size, max_length, chunk)))
 
 
 def total_of(rows: dict[str, list]) -> dict:
     """The sums over rows of response_rows' columns (what summarize_stats reads)."""
-    return {"nll": math.fsum(rows["nll"]), "entropy": math.fsum(rows["entropy"]), "correct": int(sum(rows["correct"])),
-            "tokens": int(sum(rows["tokens"]))}
+    return {
+        "nll": math.fsum(rows["nll"]),
+        "entropy": math.fsum(rows["entropy"]),
+        "correct": int(sum(rows["correct"])),
+        "tokens": int(sum(rows["tokens"])),
+    }
 
 
 @torch.inference_mode()
-def response_rows(model, tokenizer, conversations: list[dict], batch_size: int, max_length: int,
-                  chunk: int | None = None) -> dict[str, list]:
+def response_rows(
+    model, tokenizer, conversations: list[dict], batch_size: int, max_length: int, chunk: int | None = None
+) -> dict[str, list]:
     """Per conversation, in their order: sums of NLL, entropy and argmax hits over its response tokens, and
     their count (0 when max_length cut the whole response); streamed batch by batch.
 
@@ -161,8 +167,9 @@ def response_rows(model, tokenizer, conversations: list[dict], batch_size: int, 
         mask = labels != -100
         if not mask.any():  # every response was cut off by max_length
             continue
-        hidden = backbone(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                          use_cache=False).last_hidden_state
+        hidden = backbone(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
+        ).last_hidden_state
         # hidden[:, t] predicts labels[:, t + 1]; [response tokens, hidden], the prompt's positions dropped.
         picked = hidden[:, :-1][mask]
         del hidden
@@ -174,5 +181,9 @@ def response_rows(model, tokenizer, conversations: list[dict], batch_size: int, 
             for key, value in stats.items():
                 sums[key].index_add_(0, rows, value.double().cpu())
         sums["tokens"].index_add_(0, owner, torch.ones(len(owner), dtype=torch.float64))
-    return {"nll": sums["nll"].tolist(), "entropy": sums["entropy"].tolist(),
-            "correct": [int(v) for v in sums["correct"].tolist()], "tokens": [int(v) for v in sums["tokens"].tolist()]}
+    return {
+        "nll": sums["nll"].tolist(),
+        "entropy": sums["entropy"].tolist(),
+        "correct": [int(v) for v in sums["correct"].tolist()],
+        "tokens": [int(v) for v in sums["tokens"].tolist()],
+    }

@@ -10,16 +10,18 @@ from finetune import chat_format
 from finetune.evaluation import generation, scoring, text_metrics
 
 
-def evaluate_model(model, tokenizer, test: pd.DataFrame, cfg, max_length: int,
-                   stop_ids: list[int] | None = None) -> tuple[dict, list[dict]]:
+def evaluate_model(
+    model, tokenizer, test: pd.DataFrame, cfg, max_length: int, stop_ids: list[int] | None = None
+) -> tuple[dict, list[dict]]:
     """All metrics of one model on the test split, and its generations for the sampled prompts (ended by
     `stop_ids`; default: chat_format.stop_token_ids of the tokenizer and the model's generation_config)."""
     metrics, outputs, _ = evaluate_rows(model, tokenizer, test, cfg, max_length, stop_ids)
     return metrics, outputs
 
 
-def evaluate_rows(model, tokenizer, test: pd.DataFrame, cfg, max_length: int,
-                  stop_ids: list[int] | None = None) -> tuple[dict, list[dict], dict]:
+def evaluate_rows(
+    model, tokenizer, test: pd.DataFrame, cfg, max_length: int, stop_ids: list[int] | None = None
+) -> tuple[dict, list[dict], dict]:
     """evaluate_model, and the per-row results the metrics are made of (for intervals.paired):
     {"scored": every test row's token sums, "answered": each sampled prompt's answer scores; "row": test row numbers,
     "key": row_key of each row, which pairs the rows of two runs (report --compare)}."""
@@ -33,16 +35,38 @@ def evaluate_rows(model, tokenizer, test: pd.DataFrame, cfg, max_length: int,
     greedy = generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens, stop_ids=stop_ids)
     metrics.update(text_metrics.answer_metrics(greedy, references))
     answered = {"row": list(picked), "key": [keys[i] for i in picked], **text_metrics.answer_rows(greedy, references)}
-    sampled = (generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens, True, cfg.temperature, cfg.seed,
-                                   stop_ids=stop_ids)
-               if cfg.do_sample else [None] * len(chosen))
+    sampled = (
+        generation.generate(
+            model,
+            tokenizer,
+            chosen,
+            cfg.batch_size,
+            cfg.max_new_tokens,
+            True,
+            cfg.temperature,
+            cfg.seed,
+            stop_ids=stop_ids,
+        )
+        if cfg.do_sample
+        else [None] * len(chosen)
+    )
     outputs = [
         # prompt: the last turn before the answer (a conversation's history is longer; an Alpaca prompt is one turn)
-        {"row": i, "prompt": c["prompt"][-1]["content"], "reference": ref, "greedy": g["text"],
-         "stopped": g["stopped"], **({"sampled": s["text"]} if s else {})}
+        {
+            "row": i,
+            "prompt": c["prompt"][-1]["content"],
+            "reference": ref,
+            "greedy": g["text"],
+            "stopped": g["stopped"],
+            **({"sampled": s["text"]} if s else {}),
+        }
         for i, c, ref, g, s in zip(picked, chosen, references, greedy, sampled)
     ]
-    return metrics, outputs, {"scored": {"row": list(range(len(conversations))), "key": keys, **scored}, "answered": answered}
+    return (
+        metrics,
+        outputs,
+        {"scored": {"row": list(range(len(conversations))), "key": keys, **scored}, "answered": answered},
+    )
 
 
 def row_key(conversation: dict) -> str:

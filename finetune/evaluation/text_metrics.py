@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import string
 
+
 def exact_match_form(text: str) -> str:
     """For exact match: case, surrounding punctuation and runs of whitespace do not count."""
     text = " ".join(text.lower().split())
@@ -33,11 +34,13 @@ def answer_rows(generations: list[dict], references: list[str]) -> dict[str, lis
 
     predictions = [g["text"] for g in generations]
     stats = CHRF()._extract_corpus_statistics(predictions, [references]) if predictions else []
-    return {"rougeL_f1": [rouge_l_f1(p, r) for p, r in zip(predictions, references)],
-            "exact_match": [exact_match(p, r) for p, r in zip(predictions, references)],
-            "stopped": [float(g["stopped"]) for g in generations],
-            "generated_tokens": [g["tokens"] for g in generations],
-            "chrf_stats": [[int(x) for x in s] for s in stats]}
+    return {
+        "rougeL_f1": [rouge_l_f1(p, r) for p, r in zip(predictions, references)],
+        "exact_match": [exact_match(p, r) for p, r in zip(predictions, references)],
+        "stopped": [float(g["stopped"]) for g in generations],
+        "generated_tokens": [g["tokens"] for g in generations],
+        "chrf_stats": [[int(x) for x in s] for s in stats],
+    }
 
 
 def answer_metrics(generations: list[dict], references: list[str]) -> dict:

@@ -65,10 +65,6 @@ EOG_TEXTS = {
 """Tokens llama.cpp's vocabulary loader marks as end-of-generation by their text (llama-vocab.cpp)."""
 
 
-
-
-
-
 def hf_prompt(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -54,8 +54,9 @@ def curve_files(pipeline: str = paths.PIPELINE) -> dict[str, dict[str, tuple[str
     curves = {}
     for plot in yaml.safe_load(Path(pipeline).read_text(encoding="utf-8")).get("plots", []):
         for title, spec in plot.items():
-            curves[title] = {("eval" if "/eval/" in path else "train"): (path, column)
-                             for path, column in spec["y"].items()}
+            curves[title] = {
+                ("eval" if "/eval/" in path else "train"): (path, column) for path, column in spec["y"].items()
+            }
     return curves
 
 
@@ -94,8 +95,13 @@ def read_samples(read: Reader) -> list[dict]:
 
 
 def load_run(read: Reader, label: str, curves: dict[str, dict[str, tuple[str, str]]]) -> RunResults:
-    return RunResults(label, read_curves(read, curves), read_metrics(read, paths.EVAL_METRICS),
-                      read_metrics(read, paths.MERGE_METRICS), read_samples(read))
+    return RunResults(
+        label,
+        read_curves(read, curves),
+        read_metrics(read, paths.EVAL_METRICS),
+        read_metrics(read, paths.MERGE_METRICS),
+        read_samples(read),
+    )
 
 
 def read_rows(read: Reader) -> dict | None:
@@ -106,7 +112,7 @@ def read_rows(read: Reader) -> dict | None:
     try:
         return json.loads(text)["tuned"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise DataError(f"{paths.EVAL_ROWS}: not evaluate's per-row results (no \"tuned\" part)") from None
+        raise DataError(f'{paths.EVAL_ROWS}: not evaluate\'s per-row results (no "tuned" part)') from None
 
 
 def workspace_reader(path: str) -> str | None:
@@ -132,6 +138,7 @@ def revision_reader(rev: str) -> Reader:
             return fs.read_text(path, encoding="utf-8")
         except (DvcException, OSError) as e:  # tracked, but its data is not in the cache
             raise StageError(f"--compare {rev}: cannot read {path} ({e}); try `dvc pull`") from None
+
     return read
 
 
@@ -158,16 +165,24 @@ def fmt(value) -> str:
 
 
 def run_columns(run: RunResults) -> list[tuple[str, dict]]:
-    return [("base", under_prefix(run.metrics, "base")), ("tuned", under_prefix(run.metrics, "tuned")),
-            ("delta (tuned - base)", under_prefix(run.metrics, "delta")), ("merged", under_prefix(run.merge, "merged"))]
+    return [
+        ("base", under_prefix(run.metrics, "base")),
+        ("tuned", under_prefix(run.metrics, "tuned")),
+        ("delta (tuned - base)", under_prefix(run.metrics, "delta")),
+        ("merged", under_prefix(run.merge, "merged")),
+    ]
 
 
 def compare_columns(a: RunResults, b: RunResults) -> list[tuple[str, dict]]:
     tuned_a, tuned_b = under_prefix(a.metrics, "tuned"), under_prefix(b.metrics, "tuned")
     diff = {k: difference(tuned_a.get(k), tuned_b.get(k)) for k in set(tuned_a) | set(tuned_b)}
-    return [(f"{a.label}: base", under_prefix(a.metrics, "base")), (f"{a.label}: tuned", tuned_a),
-            (f"{b.label}: base", under_prefix(b.metrics, "base")), (f"{b.label}: tuned", tuned_b),
-            (f"tuned: {b.label} - {a.label}", diff)]
+    return [
+        (f"{a.label}: base", under_prefix(a.metrics, "base")),
+        (f"{a.label}: tuned", tuned_a),
+        (f"{b.label}: base", under_prefix(b.metrics, "base")),
+        (f"{b.label}: tuned", tuned_b),
+        (f"tuned: {b.label} - {a.label}", diff),
+    ]
 
 
 # ---------------------------------------------------------------- two runs: is the difference real?
@@ -177,6 +192,7 @@ def compare_columns(a: RunResults, b: RunResults) -> list[tuple[str, dict]]:
 class Difference:
     """Run b's tuned metrics minus run a's on the test rows both have, with paired bootstrap 95% intervals,
     and (from a seed sweep) the spread of each tuned metric across runs that differ only in their seed."""
+
     a: str
     b: str
     intervals: dict[str, tuple[float, float, float]]  # metric -> (b - a, low, high)
@@ -200,11 +216,19 @@ def seed_spread(seed_runs: list[RunResults]) -> dict[str, tuple[float, float, in
     return out
 
 
-def difference_of(a: RunResults, b: RunResults, rows_a: dict | None, rows_b: dict | None,
-                  seed_runs: list[RunResults], samples: int, seed: int) -> Difference:
+def difference_of(
+    a: RunResults,
+    b: RunResults,
+    rows_a: dict | None,
+    rows_b: dict | None,
+    seed_runs: list[RunResults],
+    samples: int,
+    seed: int,
+) -> Difference:
     """The intervals of b - a (none when either run lacks per-row results) and the seed runs' spread."""
-    found, dropped = ({}, {}) if rows_a is None or rows_b is None else \
-        intervals.compare_runs(rows_a, rows_b, samples, seed)
+    found, dropped = (
+        ({}, {}) if rows_a is None or rows_b is None else intervals.compare_runs(rows_a, rows_b, samples, seed)
+    )
     return Difference(a.label, b.label, found, dropped, seed_spread(seed_runs), [run.label for run in seed_runs])
 
 

@@ -18,8 +18,14 @@ TRAINER_STATE = "trainer_state.json"
 RNG_STATE = "rng_state.pth"
 # What Trainer writes for a single-process LoRA run; a checkpoint missing any of them is not resumable
 # (without rng_state.pth dropout would draw differently from an uninterrupted run).
-REQUIRED_FILES = ("adapter_model.safetensors", "adapter_config.json", TRAINER_STATE,
-                  "optimizer.pt", "scheduler.pt", RNG_STATE)
+REQUIRED_FILES = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    TRAINER_STATE,
+    "optimizer.pt",
+    "scheduler.pt",
+    RNG_STATE,
+)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -68,8 +74,11 @@ def missing_files(checkpoint: str | os.PathLike, processes: int = 1) -> list[str
         state = _state(checkpoint)
         if not isinstance(state, dict) or state.get("global_step") != step_of(checkpoint):
             missing.append(f"{TRAINER_STATE} (truncated or for another step)")
-    missing += [f"{n} (truncated)" for n in names
-                if n.startswith("rng_state") and n not in missing and not zipfile.is_zipfile(checkpoint / n)]
+    missing += [
+        f"{n} (truncated)"
+        for n in names
+        if n.startswith("rng_state") and n not in missing and not zipfile.is_zipfile(checkpoint / n)
+    ]
     return missing
 
 
@@ -92,16 +101,20 @@ def latest_complete(output_dir: str | os.PathLike, below: int | None = None, pro
     if not output_dir.is_dir():
         return None
     found = sorted(
-        ((int(m.group(1)), p) for p in output_dir.iterdir()
-         if (m := CHECKPOINT.match(p.name)) and p.is_dir() and (below is None or int(m.group(1)) < below)),
+        (
+            (int(m.group(1)), p)
+            for p in output_dir.iterdir()
+            if (m := CHECKPOINT.match(p.name)) and p.is_dir() and (below is None or int(m.group(1)) < below)
+        ),
         reverse=True,
     )
     for _, checkpoint in found:
         missing = missing_files(checkpoint, processes)
         if not missing:
             return checkpoint
-        warnings.warn(f"skipping incomplete checkpoint {checkpoint} (missing or empty: {', '.join(missing)})",
-                      stacklevel=2)
+        warnings.warn(
+            f"skipping incomplete checkpoint {checkpoint} (missing or empty: {', '.join(missing)})", stacklevel=2
+        )
     return None
 
 

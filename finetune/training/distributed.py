@@ -44,9 +44,24 @@ def launch_command(processes: int) -> list[str]:
     """`accelerate launch` of this stage on this machine. --multi_gpu selects torchrun, which also runs CPU
     processes (the stage sets use_cpu, so accelerate picks gloo); port 0: a free one, so runs never collide.
     Precision is the stage's own (train.precision), so accelerate's is left at no."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-            "--num_processes", str(processes), "--main_process_port", "0", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "-m", "stages.train"]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_machines",
+        "1",
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        "0",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "stages.train",
+    ]
 
 
 def cpu_threads(processes: int, cores: int, requested: int | None) -> int:
@@ -92,7 +107,8 @@ def check_process_count(t: config.TrainParams) -> None:
         raise config.error(
             f"train.num_processes is {t.num_processes}, but the launcher started {started} processes: set "
             f"train.num_processes: {started}, or run `python -m stages.train` (or dvc repro), which starts "
-            "train.num_processes processes itself")
+            "train.num_processes processes itself"
+        )
 
 
 def processes_note(t: config.TrainParams) -> str:
@@ -101,8 +117,10 @@ def processes_note(t: config.TrainParams) -> str:
         return ""
     batch, accum = per_process_batch(t)
     threads = "" if torch.cuda.is_available() else f", {torch.get_num_threads()} thread(s) each"
-    return (f"{t.num_processes} processes ({torch.distributed.get_backend()}{threads}; batch {batch} x accum {accum} "
-            f"each = {t.batch_size * t.grad_accum} per step), ")
+    return (
+        f"{t.num_processes} processes ({torch.distributed.get_backend()}{threads}; batch {batch} x accum {accum} "
+        f"each = {t.batch_size * t.grad_accum} per step), "
+    )
 
 
 def is_main(args) -> bool:

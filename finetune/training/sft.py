@@ -55,8 +55,10 @@ def padding_free(p: config.Params) -> bool:
     unless it packs (it would not cut rows to it), so rows that prepare.too_long: truncate leaves longer than
     max_length for the trainer to cut keep batches padded; with drop, prepare has removed every longer row."""
     if p.train.speed.padding_free and p.prepare.too_long != "drop":
-        print(f"train: prepare.too_long: {p.prepare.too_long} leaves examples for the trainer to cut to "
-              f"prepare.max_length, which TRL does not do in padding-free batches: train.speed.padding_free does not apply")
+        print(
+            f"train: prepare.too_long: {p.prepare.too_long} leaves examples for the trainer to cut to "
+            f"prepare.max_length, which TRL does not do in padding-free batches: train.speed.padding_free does not apply"
+        )
         return False
     return p.train.speed.padding_free
 
@@ -65,8 +67,10 @@ def liger_kernel(setting, on_gpu: bool) -> bool:
     """auto: Liger's Triton kernels where they can run (a CUDA GPU, package liger-kernel installed)."""
     available = on_gpu and importlib.util.find_spec("liger_kernel") is not None
     if setting is True and not available:
-        raise config.error("train.speed.use_liger_kernel: true needs a CUDA GPU and the liger-kernel package "
-                           "(pip install liger-kernel); set it to auto or false")
+        raise config.error(
+            "train.speed.use_liger_kernel: true needs a CUDA GPU and the liger-kernel package "
+            "(pip install liger-kernel); set it to auto or false"
+        )
     return available if setting == "auto" else setting
 
 
@@ -124,8 +128,10 @@ def checked_sft_config(p: config.Params, dtype: torch.dtype):
     except ValueError as e:
         if f"{p.train.optim} is not a valid OptimizerNames" in str(e):
             names = [o.value for o in OptimizerNames]
-            problem = (f"train.optim must be one of transformers' optimizer names, got {p.train.optim!r}"
-                       f"{config.did_you_mean(p.train.optim, names, aliases=False)}")
+            problem = (
+                f"train.optim must be one of transformers' optimizer names, got {p.train.optim!r}"
+                f"{config.did_you_mean(p.train.optim, names, aliases=False)}"
+            )
         else:
             problem = f"transformers refused the training settings: {e}"
         raise config.error(problem) from None
@@ -152,8 +158,10 @@ def run_id(p: config.Params) -> str:
 
 
 def oom_advice(t: config.TrainParams, max_length: int) -> str:
-    tips = [f"lower train.batch_size (now {t.batch_size}) and raise train.grad_accum (now {t.grad_accum}) "
-            "to keep the effective batch"]
+    tips = [
+        f"lower train.batch_size (now {t.batch_size}) and raise train.grad_accum (now {t.grad_accum}) "
+        "to keep the effective batch"
+    ]
     if not t.gradient_checkpointing:
         tips.append("set train.gradient_checkpointing: true (less activation memory, ~30% slower)")
     tips.append(f"lower prepare.max_length (now {max_length})")
@@ -197,9 +205,11 @@ def adapted_summary(model) -> dict:
     """The adapted layer names (a string: `dvc metrics diff` shows strings, not lists), how many layers and how
     many trainable parameters: a change of base model or of train.lora shows in the diff."""
     layers = [name for name, module in model.named_modules() if hasattr(module, "lora_A") and len(module.lora_A)]
-    return {"lora_target_modules": ",".join(sorted({name.rsplit(".", 1)[-1] for name in layers})),
-            "lora_layers": len(layers),
-            "trainable_parameters": sum(w.numel() for w in model.parameters() if w.requires_grad)}
+    return {
+        "lora_target_modules": ",".join(sorted({name.rsplit(".", 1)[-1] for name in layers})),
+        "lora_layers": len(layers),
+        "trainable_parameters": sum(w.numel() for w in model.parameters() if w.requires_grad),
+    }
 
 
 def build(p: config.Params) -> TrainingRun:
@@ -215,7 +225,9 @@ def build(p: config.Params) -> TrainingRun:
     tokenizer = modeling.load_tokenizer(paths.BASE_DIR)
     model = modeling.load_model(paths.BASE_DIR, p.model.quantization, dtype)
     targets = modeling.lora_targets(model, p.train.lora.target_modules)  # before checkpoints are cleared, too
-    resume_from = distributed.from_main(args, lambda: checkpoints.resume_point(paths.CHECKPOINT_DIR, run_id(p), p.train.num_processes))
+    resume_from = distributed.from_main(
+        args, lambda: checkpoints.resume_point(paths.CHECKPOINT_DIR, run_id(p), p.train.num_processes)
+    )
     if resume_from and main:
         checkpoints.rewind_live(paths.LIVE_DIR, checkpoints.step_of(resume_from))  # rows logged after the checkpoint
     if p.model.quantization != "none":
@@ -235,12 +247,16 @@ def build(p: config.Params) -> TrainingRun:
     compat.keep_lora_weights_fp32(trainer.model)
     compat.keep_token_count(trainer)
     if main:
-        print(f"train: {modeling.device()}, {dtype}, {distributed.processes_note(p.train)}base {p.model.base} "
-              f"({p.model.quantization}), lr {p.lr:g}" + (f", resuming from {resume_from}" if resume_from else ""))
+        print(
+            f"train: {modeling.device()}, {dtype}, {distributed.processes_note(p.train)}base {p.model.base} "
+            f"({p.model.quantization}), lr {p.lr:g}" + (f", resuming from {resume_from}" if resume_from else "")
+        )
     adapted = adapted_summary(trainer.model)
     if main:
-        print(f"train: LoRA on {adapted['lora_layers']} layers ({adapted['lora_target_modules']}), "
-              f"{adapted['trainable_parameters']:,} trainable parameters")
+        print(
+            f"train: LoRA on {adapted['lora_layers']} layers ({adapted['lora_target_modules']}), "
+            f"{adapted['trainable_parameters']:,} trainable parameters"
+        )
     return TrainingRun(trainer, live, tokenizer, resume_from, adapted)
 
 
@@ -293,5 +309,7 @@ def save(run: TrainingRun, p: config.Params, learned: dict, speed: dict) -> None
         compat.sort_target_modules(tmp / "adapter_config.json")
     files.write_json(paths.TRAIN_METRICS, learned)
     files.write_json(paths.TRAIN_SPEED, speed)
-    print(f"train: loss {learned['train_loss']:.4f}, val loss {learned['eval_loss']:.4f}, "
-          f"{speed['tokens_per_second']:.0f} tokens/s, peak {speed['peak_memory_mb']:.0f} MB -> {paths.ADAPTER_DIR}")
+    print(
+        f"train: loss {learned['train_loss']:.4f}, val loss {learned['eval_loss']:.4f}, "
+        f"{speed['tokens_per_second']:.0f} tokens/s, peak {speed['peak_memory_mb']:.0f} MB -> {paths.ADAPTER_DIR}"
+    )

@@ -17,8 +17,21 @@ def greedy(model_dir, messages: list[dict], max_new_tokens: int) -> str:
 
 
 def test_prompt_prints_the_greedy_answer(merged_dir, params_file):
-    result = run([sys.executable, "-m", "finetune.chat", "--model", str(merged_dir), "--prompt", QUESTION,
-                  "--max-new-tokens", "12"], cwd=REPO, extra_env={"PARAMS_FILE": str(params_file)})
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "finetune.chat",
+            "--model",
+            str(merged_dir),
+            "--prompt",
+            QUESTION,
+            "--max-new-tokens",
+            "12",
+        ],
+        cwd=REPO,
+        extra_env={"PARAMS_FILE": str(params_file)},
+    )
     expected = greedy(merged_dir, [{"role": "user", "content": QUESTION}], 12)
     assert len(expected.strip()) > 5
     assert result.stdout.strip() == expected.strip()

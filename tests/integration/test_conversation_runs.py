@@ -47,10 +47,15 @@ def test_malformed_conversation_stops_ingest_and_writes_nothing(tmp_path):
     project = make_project(tmp_path, git=False)
     path = chats.write_messages(project / "data/raw/chat.jsonl", 5)
     path.write_text(path.read_text() + json.dumps({"messages": [{"role": "user", "text": "Hi"}]}) + "\n")
-    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace(
-        "path: data/raw/finance_alpaca.parquet", "path: data/raw/chat.jsonl"))
+    (project / "params.yaml").write_text(
+        (project / "params.yaml")
+        .read_text()
+        .replace("path: data/raw/finance_alpaca.parquet", "path: data/raw/chat.jsonl")
+    )
     result = stage("ingest", project, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert ("data/raw/chat.jsonl: row 11, column 'messages', turn 1: expected keys 'role' and 'content' "
-            "(format messages), found ['role', 'text']") in result.stderr
+    assert (
+        "data/raw/chat.jsonl: row 11, column 'messages', turn 1: expected keys 'role' and 'content' "
+        "(format messages), found ['role', 'text']"
+    ) in result.stderr
     assert not (project / paths.INGESTED).exists()

@@ -32,8 +32,15 @@ MAX_STEPS, SAVE_STEPS = 6, 2
 PARAMS = {
     "lr": 1e-2,
     "prepare": {"n": 60, "max_length": 128, "too_long": "truncate"},
-    "train": {"max_steps": MAX_STEPS, "save_steps": SAVE_STEPS, "logging_steps": 1, "eval_steps": 0,
-              "batch_size": 1, "grad_accum": 4, "lora": {"dropout": 0.0}},
+    "train": {
+        "max_steps": MAX_STEPS,
+        "save_steps": SAVE_STEPS,
+        "logging_steps": 1,
+        "eval_steps": 0,
+        "batch_size": 1,
+        "grad_accum": 4,
+        "lora": {"dropout": 0.0},
+    },
 }
 TOL = 1e-4  # on every logged step loss and the validation loss (see the module docstring)
 WEIGHT_TOL = 1e-5
@@ -42,6 +49,7 @@ LOSS_TSV = "metrics/train_live/plots/metrics/loss.tsv"
 
 
 # ---------------------------------------------------------------- 2 CPU processes against one
+
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
@@ -66,8 +74,15 @@ def start_train(project: Path, threads: int | None = 1, **kwargs) -> subprocess.
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     log = (project / "train.log").open("w")
-    return subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=project,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def finish(proc: subprocess.Popen, project: Path) -> str:
@@ -110,9 +125,11 @@ def runs(prepared, tmp_path_factory) -> dict[str, Path]:
     give when accumulation is not divided); two: 2 processes, accum 2 each. The two 1-process runs
     share the 2 cores (one thread each), then the 2-process run gets them."""
     root = tmp_path_factory.mktemp("runs")
-    projects = {"one": copy_of(prepared, root, "one"),
-                "wider": copy_of(prepared, root, "wider", grad_accum=8),
-                "two": copy_of(prepared, root, "two", num_processes=2)}
+    projects = {
+        "one": copy_of(prepared, root, "one"),
+        "wider": copy_of(prepared, root, "wider", grad_accum=8),
+        "two": copy_of(prepared, root, "two", num_processes=2),
+    }
     pair = {name: start_train(projects[name]) for name in ("one", "wider")}
     for name, proc in pair.items():
         finish(proc, projects[name])
@@ -131,8 +148,12 @@ def test_two_cpu_processes_match_one_with_the_same_effective_batch(runs):
     # one adapter, one metrics file, one set of curves: written by the main process only
     assert output.count("-> models/adapter") == 1
     assert (two / "models/adapter/adapter_model.safetensors").is_file()
-    assert sorted(p.name for p in (two / "metrics").iterdir()) == ["data.json", "train.json", "train_live",
-                                                                   "train_speed.json"]
+    assert sorted(p.name for p in (two / "metrics").iterdir()) == [
+        "data.json",
+        "train.json",
+        "train_live",
+        "train_speed.json",
+    ]
     assert not [p for p in (two / "models").iterdir() if p.name.startswith(".")]  # no temp dirs left
     assert json.loads((two / "metrics/train_speed.json").read_text())["processes"] == 2
     for step in range(SAVE_STEPS, MAX_STEPS + 1, SAVE_STEPS):  # the last save_total_limit ones are kept

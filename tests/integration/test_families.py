@@ -26,16 +26,24 @@ REFERENCE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 TARGETS = {"qwen2": None, "llama3": ["q_proj", "v_proj", "down_proj"], "phi3": "all-linear"}
 LEARN_TO_STOP = {  # a large lr on few distinct short answers: the tuned model answers, then ends its turn
     "lr": 5e-3,
-    "train": {"max_steps": 40, "batch_size": 4, "grad_accum": 1, "save_steps": 100, "eval_steps": 0,
-              "logging_steps": 10},
+    "train": {
+        "max_steps": 40,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "save_steps": 100,
+        "eval_steps": 0,
+        "logging_steps": 10,
+    },
     "evaluate": {"num_samples": 8, "max_new_tokens": 8, "batch_size": 8},
 }
 
 
 def short_answers(path):
     words = pd.read_parquet(REPO / "data/raw/finance_alpaca.parquet")["instruction"].head(120)
-    rows = [{"instruction": f"Q{i}: {text[:40]}", "input": "", "output": ANSWERS[i % len(ANSWERS)]}
-            for i, text in enumerate(words)]
+    rows = [
+        {"instruction": f"Q{i}: {text[:40]}", "input": "", "output": ANSWERS[i % len(ANSWERS)]}
+        for i, text in enumerate(words)
+    ]
     pd.DataFrame(rows).to_json(path, orient="records", lines=True)
     return path
 
@@ -104,8 +112,11 @@ def test_adapter_covers_the_asked_layers_of_every_block(family_run):
 
     with safe_open(project / "models/adapter/adapter_model.safetensors", "pt") as f:
         keys = list(f.keys())
-    found = {(m.group(1), m.group(2), m.group(3)) for k in keys
-             if (m := re.search(r"layers\.(\d+)\..*\.(\w+)\.lora_([AB])\.weight$", k))}
+    found = {
+        (m.group(1), m.group(2), m.group(3))
+        for k in keys
+        if (m := re.search(r"layers\.(\d+)\..*\.(\w+)\.lora_([AB])\.weight$", k))
+    }
     asked = TARGETS[name]
     modules = family.linear_layers if asked == "all-linear" else (asked or REFERENCE_TARGETS)
     expected = {(str(layer), module, ab) for layer in range(2) for module in modules for ab in "AB"}
@@ -127,8 +138,10 @@ def test_a_listed_module_the_model_lacks_fails_before_training(family_run):
     finally:
         (project / "params.yaml").write_text(params)
     assert failed.returncode != 0
-    assert "q_proj, k_proj, v_proj are not a linear layer of Phi3ForCausalLM, whose linear layers are " \
-           "down_proj, gate_up_proj, o_proj, qkv_proj" in failed.stderr + failed.stdout
+    assert (
+        "q_proj, k_proj, v_proj are not a linear layer of Phi3ForCausalLM, whose linear layers are "
+        "down_proj, gate_up_proj, o_proj, qkv_proj" in failed.stderr + failed.stdout
+    )
     assert (project / "models/adapter/adapter_model.safetensors").read_bytes() == adapter
 
 

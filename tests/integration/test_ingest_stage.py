@@ -41,9 +41,16 @@ def test_stage_writes_string_columns(ingested):
 
 
 # A few of tests/inputs.py's bad files end to end (test_failures.py runs the others' exact messages).
-@pytest.mark.parametrize("name", [
-    "missing file", "dict cell", "jsonl line not json", "csv not utf-8 after a bom", "repeated csv header",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "missing file",
+        "dict cell",
+        "jsonl line not json",
+        "csv not utf-8 after a bom",
+        "repeated csv header",
+    ],
+)
 def test_stage_fails_on_bad_input_and_keeps_the_old_output(ingested, tmp_path, name):
     project, before = ingested
     path, phrases = bad_input(tmp_path, name)
@@ -67,16 +74,27 @@ def test_killed_mid_write_leaves_the_old_output(tmp_path):
     with big.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        writer.writerows([f"Question {i}: what is {i} + 1?", "" if i % 3 else f"context {i}",
-                          f"The answer is {i + 1}, one more than {i}."] for i in range(300_000))
+        writer.writerows(
+            [
+                f"Question {i}: what is {i} + 1?",
+                "" if i % 3 else f"context {i}",
+                f"The answer is {i + 1}, one more than {i}.",
+            ]
+            for i in range(300_000)
+        )
     write_params(project, {"data": {"path": str(big)}})
 
     # Kill as soon as the output's temp file exists: parquet bytes are being written. If the
     # machine is so fast that the write finished between two polls, try again.
     for _ in range(3):
         earlier = set(os.listdir(out.parent))
-        process = subprocess.Popen([sys.executable, "-m", "stages.ingest"], cwd=project, env=env(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stages.ingest"],
+            cwd=project,
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         killed = False
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:

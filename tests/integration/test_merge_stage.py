@@ -26,8 +26,13 @@ from merge_faults import FAULTS, sitecustomize, write_large_adapter
 TOLERANCE = 1e-3  # params.yaml's merge.tolerance
 TEST_ROWS = 12
 DATA_COUNTS = {"rows_read": 130, "rows_kept": 120, "dropped_total": 10, "sampled": 120, "train": 108, "test": TEST_ROWS}
-EVAL_METRICS = {"base.eval_loss": 6.2345, "tuned.eval_loss": 5.4321, "delta.eval_loss": -0.8024,
-                "base.mean_token_accuracy": 0.0123, "tuned.mean_token_accuracy": 0.2345}
+EVAL_METRICS = {
+    "base.eval_loss": 6.2345,
+    "tuned.eval_loss": 5.4321,
+    "delta.eval_loss": -0.8024,
+    "base.mean_token_accuracy": 0.0123,
+    "tuned.mean_token_accuracy": 0.2345,
+}
 
 
 # ---------------------------------------------------------------- fixtures
@@ -44,8 +49,12 @@ def make_merge_project(root: Path, tiny_base: Path, changes: dict | None = None)
     (project / "metrics").mkdir()
     (project / paths.DATA_METRICS).write_text(json.dumps(DATA_COUNTS))
     (project / paths.EVAL_METRICS).write_text(json.dumps(EVAL_METRICS))
-    tuned_rows = {"nll": [20.0] * TEST_ROWS, "entropy": [30.0] * TEST_ROWS, "correct": [1] * TEST_ROWS,
-                  "tokens": [10] * TEST_ROWS}  # evaluate's per-row sums, for the merged-minus-tuned intervals
+    tuned_rows = {
+        "nll": [20.0] * TEST_ROWS,
+        "entropy": [30.0] * TEST_ROWS,
+        "correct": [1] * TEST_ROWS,
+        "tokens": [10] * TEST_ROWS,
+    }  # evaluate's per-row sums, for the merged-minus-tuned intervals
     (project / "data/eval").mkdir(parents=True)
     (project / paths.EVAL_ROWS).write_text(json.dumps({"tuned": {"scored": tuned_rows}}))
     return project
@@ -69,8 +78,10 @@ def merged_project(tmp_path_factory, tiny_base):
 
 
 def prompt_batch(tokenizer):
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-             for q in ("What is a bond?", "Classify this bank transaction: DEBIT CARD DENTAL $152.77")]
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in ("What is a bond?", "Classify this bank transaction: DEBIT CARD DENTAL $152.77")
+    ]
     tokenizer.padding_side = "right"
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
@@ -247,5 +258,7 @@ def test_merge_refuses_an_adapter_for_another_base(tmp_path, tiny_base):
     model.save_pretrained(project / paths.ADAPTER_DIR, save_embedding_layers=False)
     result = stage("merge", cwd=project, check=False)
     assert result.returncode != 0
-    assert "merge: error:" in result.stderr and "trained on base 'someone/else', but model.base is 'tiny'" in result.stderr
+    assert (
+        "merge: error:" in result.stderr and "trained on base 'someone/else', but model.base is 'tiny'" in result.stderr
+    )
     assert not (project / "models/merged").exists() and not (project / "metrics/merge.json").exists()

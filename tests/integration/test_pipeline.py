@@ -183,14 +183,17 @@ def test_rerun_writes_the_same_bytes(reproduced, name):
         assert diff.returncode == 0, diff.stdout
         assert lock_entry(project, name) == lock
         if name == "train":  # negative control: the same check sees a file that does vary
-            assert run(["git", "diff", "--quiet", "--", "metrics/train_speed.json"], cwd=project,
-                       check=False).returncode == 1
+            assert (
+                run(["git", "diff", "--quiet", "--", "metrics/train_speed.json"], cwd=project, check=False).returncode
+                == 1
+            )
             assert (project / "metrics/train_live/plots/metrics/loss.tsv").is_file()
     finally:
         restore(project)
 
 
 # ---------------------------------------------------------------- a fresh clone can compare
+
 
 def metrics_files(project) -> list[str]:
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values()
@@ -232,6 +235,7 @@ def test_a_fresh_clone_shows_head_metrics(reproduced, tmp_path, metrics_in):
 
 
 # ---------------------------------------------------------------- remote storage
+
 
 def output_paths(project) -> list[str]:
     stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"].values()
@@ -279,6 +283,7 @@ def test_pull_restores_everything_into_a_fresh_clone(reproduced, tmp_path, check
 
 # ---------------------------------------------------------------- sweeps
 
+
 def cached_file_md5(project, rev: str, out: str, name: str) -> str:
     """The md5 of file `name` inside directory output `out`, as experiment `rev`'s dvc.lock records it."""
     lock = yaml.safe_load(run(["git", "show", f"{rev}:dvc.lock"], cwd=project).stdout)
@@ -304,8 +309,11 @@ def test_queued_sweep_runs_both_and_applies_the_better(reproduced, tmp_path):
     for baseline in table:
         for exp in baseline.get("experiments") or []:
             row = exp["revs"][0]
-            runs[row["name"]] = (row["rev"], row["data"]["params"]["params.yaml"]["data"]["lr"],
-                                 row["data"]["metrics"]["metrics/eval.json"]["data"]["tuned.eval_loss"])
+            runs[row["name"]] = (
+                row["rev"],
+                row["data"]["params"]["params.yaml"]["data"]["lr"],
+                row["data"]["metrics"]["metrics/eval.json"]["data"]["tuned.eval_loss"],
+            )
     assert sorted(lr for _, lr, _ in runs.values()) == [1e-3, 3e-2], runs
     (best, (best_rev, _, best_loss)), (other, (other_rev, _, other_loss)) = sorted(runs.items(), key=lambda r: r[1][2])
     assert best_loss < other_loss
@@ -321,6 +329,7 @@ def test_queued_sweep_runs_both_and_applies_the_better(reproduced, tmp_path):
 
 
 # ---------------------------------------------------------------- a local model directory is a dependency
+
 
 def test_edited_local_model_reruns_base_and_everything_after_it(reproduced, tmp_path):
     project = copy_repo(reproduced[0], tmp_path)
@@ -373,6 +382,7 @@ def test_edited_tokenizer_directory_reruns_base(reproduced, tmp_path):
 
 # ---------------------------------------------------------------- a refused param removes nothing
 
+
 def every_output(project) -> dict[str, str]:
     """sha256 of every file of every output and metrics file dvc.lock records (models, data, metrics, report)."""
     found = {}
@@ -381,10 +391,13 @@ def every_output(project) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("setting,message", [
-    ("lr=-1", "lr must be > 0, got -1"),
-    ("model.quantization=9bit", "model.quantization must be one of 8bit, 4bit, none, got '9bit'"),
-])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("lr=-1", "lr must be > 0, got -1"),
+        ("model.quantization=9bit", "model.quantization must be one of 8bit, 4bit, none, got '9bit'"),
+    ],
+)
 def test_a_refused_param_removes_nothing(reproduced, tmp_path, setting, message):
     """check_params runs first (every stage depends on it): a bad -S stops DVC before it removes any output.
 

@@ -37,9 +37,10 @@ def _fails(project, message: str) -> None:
 
 
 def test_stage_writes_three_splits_and_counts(prepare_project):
-    files.write_parquet(prepare_project / paths.INGESTED,
-                        frame_of(*[(f"Question {i}?", "", f"Answer {i}.") for i in range(40)],
-                                 ("Q", "", "N/A")).astype("string"))
+    files.write_parquet(
+        prepare_project / paths.INGESTED,
+        frame_of(*[(f"Question {i}?", "", f"Answer {i}.") for i in range(40)], ("Q", "", "N/A")).astype("string"),
+    )
     stage("prepare", prepare_project)
     splits = [pd.read_parquet(prepare_project / p) for p in (paths.TRAIN_DATA, paths.VAL_DATA, paths.TEST_DATA)]
     metrics = files.read_json(prepare_project / paths.DATA_METRICS)
@@ -58,7 +59,6 @@ def test_stage_fails_when_cleaning_drops_too_much(prepare_project):
 
 
 def test_stage_fails_when_nothing_survives(prepare_project):
-    files.write_parquet(prepare_project / paths.INGESTED,
-                        frame_of(("a", "", " "), ("b", "", "...")).astype("string"))
+    files.write_parquet(prepare_project / paths.INGESTED, frame_of(("a", "", " "), ("b", "", "...")).astype("string"))
     _fails(prepare_project, r"0 row\(s\) survive cleaning")
     assert _stage_outputs(prepare_project) == []

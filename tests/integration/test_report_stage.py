@@ -60,7 +60,8 @@ def test_stage_rerun_gives_the_same_bytes(staged):
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 requires_chromium = pytest.mark.skipif(
     CHROMIUM is None,
-    reason="Chromium not found (Debian: apt-get install chromium): the report is not checked in a browser")
+    reason="Chromium not found (Debian: apt-get install chromium): the report is not checked in a browser",
+)
 WIDTH = 1200
 # Appended to a copy of the page under test: after load, each image's decoded size and place.
 PROBE = """<script>addEventListener("load", () => document.body.setAttribute("data-probe", JSON.stringify({
@@ -70,10 +71,21 @@ PROBE = """<script>addEventListener("load", () => document.body.setAttribute("da
 
 
 def chromium(args: list[str], profile: Path) -> str:
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--no-first-run", "--hide-scrollbars", "--force-device-scale-factor=1",
-               f"--user-data-dir={profile}", *args]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=180, check=True).stdout
 
 
@@ -83,12 +95,20 @@ def drawn_images(html: Path, work: Path) -> list[dict]:
 
     probed = work / "probed.html"
     probed.write_text(html.read_text().replace("</body>", PROBE + "</body>"))
-    dom = chromium(["--virtual-time-budget=10000", f"--window-size={WIDTH},2000", "--dump-dom", probed.as_uri()],
-                   work / "profile")
+    dom = chromium(
+        ["--virtual-time-budget=10000", f"--window-size={WIDTH},2000", "--dump-dom", probed.as_uri()], work / "profile"
+    )
     found = json.loads(re.search(r'data-probe="([^"]*)"', dom).group(1).replace("&quot;", '"'))
     shot = work / "shot.png"
-    chromium(["--virtual-time-budget=10000", f"--window-size={WIDTH},{found['height']}", f"--screenshot={shot}",
-              html.as_uri()], work / "profile")
+    chromium(
+        [
+            "--virtual-time-budget=10000",
+            f"--window-size={WIDTH},{found['height']}",
+            f"--screenshot={shot}",
+            html.as_uri(),
+        ],
+        work / "profile",
+    )
     pixels = Image.open(shot).convert("L")
     for image in found["images"]:
         box = tuple(round(x) for x in image["box"])
@@ -110,8 +130,10 @@ def test_chromium_draws_every_chart(staged, tmp_path):
     assert_charts_drawn(drawn_images(staged / paths.REPORT, tmp_path), len(CURVES) + 2)
 
 
-BLANK_SVG = base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg" width="640" height="360">'
-                             b'<rect width="100%" height="100%" fill="white"/></svg>').decode()
+BLANK_SVG = base64.b64encode(
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="640" height="360">'
+    b'<rect width="100%" height="100%" fill="white"/></svg>'
+).decode()
 
 
 @requires_chromium
@@ -148,10 +170,18 @@ def experiments(tmp_path_factory):
     shutil.copy(REPO / "requirements.txt", root)
     (root / "fake_train.py").write_text(FAKE_TRAIN.format(tests=str(REPO / "tests")))
     (root / "params.yaml").write_text("lr: 1.0\n")
-    pipeline = {"stages": {"fake_train": {
-        "cmd": "python fake_train.py", "deps": ["fake_train.py"], "params": ["lr"],
-        "outs": ["metrics/train_live", paths.SAMPLES, paths.MERGE_METRICS, paths.EVAL_ROWS], "metrics": [paths.EVAL_METRICS]}},
-        "plots": yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]}
+    pipeline = {
+        "stages": {
+            "fake_train": {
+                "cmd": "python fake_train.py",
+                "deps": ["fake_train.py"],
+                "params": ["lr"],
+                "outs": ["metrics/train_live", paths.SAMPLES, paths.MERGE_METRICS, paths.EVAL_ROWS],
+                "metrics": [paths.EVAL_METRICS],
+            }
+        },
+        "plots": yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"],
+    }
     (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     (root / "metrics").mkdir()
     run(["git", "init", "-q"], cwd=root)
@@ -184,10 +214,14 @@ def test_compare_overlays_two_experiments(experiments):
 
 
 def test_compare_gives_the_paired_interval_from_each_revisions_rows(experiments):
-    result = stage("report", experiments, args=["--compare", "HEAD", "half", "--seeds", "HEAD", "half", "-o", "cmp.html"])
+    result = stage(
+        "report", experiments, args=["--compare", "HEAD", "half", "--seeds", "HEAD", "half", "-o", "cmp.html"]
+    )
     # half's rows (lr 0.5) have half the loss of HEAD's, read from the DVC cache of each revision
-    assert re.search(r"eval_loss: -0\.99\d* \[-1\.\d+, -0\.8\d+\] half lower than HEAD; across 2 seeds sd 0.707, range 1",
-                     result.stdout), result.stdout
+    assert re.search(
+        r"eval_loss: -0\.99\d* \[-1\.\d+, -0\.8\d+\] half lower than HEAD; across 2 seeds sd 0.707, range 1",
+        result.stdout,
+    ), result.stdout
     section = (experiments / "cmp.html").read_text().split("Is the difference real?")[1]
     assert metric_cells(section, "eval_loss")[3] == "half lower than HEAD"
     # Control: a revision against itself: an interval of [0, 0] and no detectable difference.
@@ -209,6 +243,9 @@ def test_dvc_plots_diff_overlays_the_experiments_with_the_project_definitions(ex
         assert plot["revisions"] == ["HEAD", "half"]
         values = plot["content"]["data"]["values"]
         assert {row["rev"] for row in values} == {"HEAD", "half"}, title
-    losses = {(r["rev"], r["step"]): float(r["loss"]) for r in data["Loss"][0]["content"]["data"]["values"]
-              if r.get("filename") == "loss.tsv"}
+    losses = {
+        (r["rev"], r["step"]): float(r["loss"])
+        for r in data["Loss"][0]["content"]["data"]["values"]
+        if r.get("filename") == "loss.tsv"
+    }
     assert losses[("half", "1")] == losses[("HEAD", "1")] / 2

@@ -24,8 +24,15 @@ MAX_STEPS, SAVE_STEPS = 8, 2
 PARAMS = {
     "lr": 3e-3,
     "prepare": {"n": 60, "max_length": 128, "too_long": "truncate"},
-    "train": {"max_steps": MAX_STEPS, "save_steps": SAVE_STEPS, "save_total_limit": 2, "logging_steps": 1,
-              "eval_steps": 0, "batch_size": 1, "grad_accum": 2},
+    "train": {
+        "max_steps": MAX_STEPS,
+        "save_steps": SAVE_STEPS,
+        "save_total_limit": 2,
+        "logging_steps": 1,
+        "eval_steps": 0,
+        "batch_size": 1,
+        "grad_accum": 2,
+    },
 }
 CKPT = "models/checkpoints"
 LOSS_TSV = "metrics/train_live/plots/metrics/loss.tsv"
@@ -34,6 +41,7 @@ PREPARED_OUTS = ("data/interim", "models/base", "data/processed", "metrics/data.
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def copy_project(src: Path, root: Path) -> Path:
     dst = root / "project"
@@ -48,8 +56,15 @@ def train(project: Path) -> subprocess.CompletedProcess:
 def start(cmd: list[str], project: Path, log: Path, **kwargs) -> subprocess.Popen:
     """Run in the background; output goes to a file (a pipe nobody reads would fill up and stall the child)."""
     with log.open("w") as out:
-        return subprocess.Popen(cmd, cwd=project, env=helpers.env(), stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=default_sigint, **kwargs)
+        return subprocess.Popen(
+            cmd,
+            cwd=project,
+            env=helpers.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=default_sigint,
+            **kwargs,
+        )
 
 
 def default_sigint() -> None:
@@ -89,7 +104,10 @@ def latest(project: Path) -> Path | None:
 def metrics(project: Path) -> dict:
     """What the run learned, and how it ran (resumed_from_step lives with the timings)."""
     learned = json.loads((project / "metrics/train.json").read_text())
-    return {**learned, "resumed_from_step": json.loads((project / "metrics/train_speed.json").read_text())["resumed_from_step"]}
+    return {
+        **learned,
+        "resumed_from_step": json.loads((project / "metrics/train_speed.json").read_text())["resumed_from_step"],
+    }
 
 
 def adapter(project: Path) -> dict:
@@ -123,6 +141,7 @@ def assert_same_result(project: Path, reference: dict, live_history: bool = True
 
 # ---------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """ingest, base and prepare run once; each test trains in its own copy."""
@@ -139,11 +158,16 @@ def reference(prepared, tmp_path_factory) -> dict:
     result = train(project)
     assert "resuming from" not in result.stdout
     assert metrics(project)["resumed_from_step"] == 0
-    return {"project": project, "metrics": metrics(project), "adapter": adapter(project),
-            "loss_tsv": (project / LOSS_TSV).read_text().splitlines()}
+    return {
+        "project": project,
+        "metrics": metrics(project),
+        "adapter": adapter(project),
+        "loss_tsv": (project / LOSS_TSV).read_text().splitlines(),
+    }
 
 
 # ---------------------------------------------------------------- tests
+
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: signal.Signals(s).name)
 def test_killed_train_resumes_to_the_uninterrupted_result(prepared, reference, tmp_path, sig):
@@ -220,8 +244,11 @@ def differs_from_reference(project: Path, reference: dict) -> float:
 
     assert metrics(project)["global_step"] == MAX_STEPS
     weights = adapter(project)
-    return max(float((weights[name].float() - reference["adapter"][name].float()).abs().max()) for name in weights
-               if name in reference["adapter"] and torch.is_floating_point(weights[name]))
+    return max(
+        float((weights[name].float() - reference["adapter"][name].float()).abs().max())
+        for name in weights
+        if name in reference["adapter"] and torch.is_floating_point(weights[name])
+    )
 
 
 @pytest.mark.parametrize("fault", RESUME_FAULTS)
@@ -232,7 +259,8 @@ def test_a_resume_that_loses_optimizer_or_rng_state_fails_the_comparison(referen
     shutil.rmtree(project / "models/adapter")
     (project / "metrics/train.json").unlink()
     (tmp_path / "sitecustomize.py").write_text(
-        f"import transformers\ntransformers.Trainer.{RESUME_FAULTS[fault]} = lambda self, checkpoint=None: None\n")
+        f"import transformers\ntransformers.Trainer.{RESUME_FAULTS[fault]} = lambda self, checkpoint=None: None\n"
+    )
     result = helpers.stage("train", project, extra_env={"PYTHONPATH": str(tmp_path)})
     assert f"resuming from {CKPT}/checkpoint-{MAX_STEPS - SAVE_STEPS}" in result.stdout
     assert differs_from_reference(project, reference) > 1e-4  # 100x assert_same_result's atol

@@ -16,8 +16,15 @@ from finetune.training import checkpoints
 # Tiny model, 2 optimizer steps of 1 row, a checkpoint after each: the cheapest run that leaves checkpoints.
 PARAMS = {
     "prepare": {"n": 40, "max_length": 128, "too_long": "truncate"},
-    "train": {"max_steps": 2, "save_steps": 1, "save_total_limit": 2, "logging_steps": 1, "eval_steps": 0,
-              "batch_size": 1, "grad_accum": 1},
+    "train": {
+        "max_steps": 2,
+        "save_steps": 1,
+        "save_total_limit": 2,
+        "logging_steps": 1,
+        "eval_steps": 0,
+        "batch_size": 1,
+        "grad_accum": 1,
+    },
 }
 CLEARED = "clearing checkpoints"
 

@@ -18,8 +18,16 @@ from helpers import make_project, stage
 LORA_STEPS = 4
 FP32_PARAMS = {
     "prepare": {"n": 40, "max_length": 128, "too_long": "truncate"},
-    "train": {"precision": "bf16", "max_steps": LORA_STEPS, "save_steps": 2, "eval_steps": 0, "batch_size": 1,
-              "grad_accum": 2, "lr_scheduler": "constant", "logging_steps": 1},
+    "train": {
+        "precision": "bf16",
+        "max_steps": LORA_STEPS,
+        "save_steps": 2,
+        "eval_steps": 0,
+        "batch_size": 1,
+        "grad_accum": 2,
+        "lr_scheduler": "constant",
+        "logging_steps": 1,
+    },
     "lr": 1e-5,  # the reference lr: bf16 LoRA weights would round these updates away
 }
 

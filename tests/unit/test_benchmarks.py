@@ -28,8 +28,11 @@ def test_train_inputs_are_cleaned_and_split_as_prepare_does(tmp_path):
 def test_deep_update_merges_nested_keys_and_leaves_base_alone():
     base = {"model": {"tiny": {"hidden_size": 128, "num_layers": 2}, "base": "tiny"}, "lr": 1e-5, "data": "x"}
     out = common.deep_update(base, {"model": {"tiny": {"hidden_size": 8}}, "lr": 3e-3, "data": {"path": "y"}})
-    assert out == {"model": {"tiny": {"hidden_size": 8, "num_layers": 2}, "base": "tiny"}, "lr": 3e-3,
-                   "data": {"path": "y"}}
+    assert out == {
+        "model": {"tiny": {"hidden_size": 8, "num_layers": 2}, "base": "tiny"},
+        "lr": 3e-3,
+        "data": {"path": "y"},
+    }
     assert base["model"]["tiny"]["hidden_size"] == 128
 
 
@@ -49,8 +52,9 @@ def test_copy_project_changes_only_the_params_asked(tmp_path):
 def test_command_line_lists_every_benchmark():
     from benchmarks.__main__ import BENCHMARKS
 
-    out = subprocess.run([sys.executable, "-m", "benchmarks", "run", "--help"], cwd=REPO, env=env(),
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "--help"], cwd=REPO, env=env(), capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "{" + ",".join(sorted(BENCHMARKS)) + "}" in out.stdout
     for name in BENCHMARKS:

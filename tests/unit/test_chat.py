@@ -34,8 +34,15 @@ def test_conversation_on_stdin_keeps_the_history(merged_dir, params_file, monkey
     printed = capsys.readouterr().out.strip().split("\n")
 
     first = greedy(merged_dir, [{"role": "user", "content": QUESTION}], 8)
-    second = greedy(merged_dir, [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": first},
-                                 {"role": "user", "content": FOLLOW_UP}], 8)
+    second = greedy(
+        merged_dir,
+        [
+            {"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": FOLLOW_UP},
+        ],
+        8,
+    )
     alone = greedy(merged_dir, [{"role": "user", "content": FOLLOW_UP}], 8)
     assert second != alone  # the history changes the answer: the check below can tell
     assert "\n".join(printed) == f"{first.strip()}\n{second.strip()}"
@@ -45,7 +52,9 @@ def test_adapter_mode_answers_with_base_plus_adapter(merged_dir, params_file, tm
     """--adapter: the quantized base + LoRA adapter, as evaluate loads them; a large adapter changes answers."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(modeling.load_model(merged_dir, "none"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        modeling.load_model(merged_dir, "none"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, weight in model.named_parameters():

@@ -10,11 +10,13 @@ from helpers import QWEN2_TOKENIZER, requires_qwen2_tokenizer
 
 from finetune import chat_format, modeling, tiny
 
-TRICKY = [("Define APR.", None, "APR is the yearly cost of a loan."),
-          ("Quote the stop marker.", "It is <|im_end|> here.", "It reads <|im_end|>."),  # special tokens in content
-          ("Translate.", "café, s'il vous plaît ÄÖÜ 株式", "Coffee, please."),
-          (" Spaces around ", "  ", "\nnewlines\n"),
-          ("Long.", "", "word " * 400)]
+TRICKY = [
+    ("Define APR.", None, "APR is the yearly cost of a loan."),
+    ("Quote the stop marker.", "It is <|im_end|> here.", "It reads <|im_end|>."),  # special tokens in content
+    ("Translate.", "café, s'il vous plaît ÄÖÜ 株式", "Coffee, please."),
+    (" Spaces around ", "  ", "\nnewlines\n"),
+    ("Long.", "", "word " * 400),
+]
 
 
 def test_batched_lengths_are_the_chat_templates_token_counts(tiny_tokenizer, sample):
@@ -57,8 +59,9 @@ def test_batched_lengths_with_the_real_qwen2_tokenizer():
     tokenizer = tiny.qwen2_tokenizer_from_files(QWEN2_TOKENIZER)
     assert chat_format._one_byte_per_token(tokenizer)
     frame = frame_of(*TRICKY)
-    assert chat_format.token_lengths(tokenizer, frame).tolist() == \
-        [chat_format.token_length(tokenizer, c) for c in chat_format.conversations(frame)]
+    assert chat_format.token_lengths(tokenizer, frame).tolist() == [
+        chat_format.token_length(tokenizer, c) for c in chat_format.conversations(frame)
+    ]
 
 
 def test_a_template_that_changes_the_content_is_rendered_row_by_row(tiny_base, tiny_tokenizer):
@@ -68,14 +71,22 @@ def test_a_template_that_changes_the_content_is_rendered_row_by_row(tiny_base, t
     assert chat_format.template_parts(tiny_tokenizer) is not None
     assert chat_format.template_parts(trimming) is None
     frame = frame_of(*TRICKY)
-    assert chat_format.token_lengths(trimming, frame).tolist() == \
-        [chat_format.token_length(trimming, c) for c in chat_format.conversations(frame)]
-    assert chat_format.token_lengths(trimming, frame).tolist() != chat_format.token_lengths(tiny_tokenizer, frame).tolist()
+    assert chat_format.token_lengths(trimming, frame).tolist() == [
+        chat_format.token_length(trimming, c) for c in chat_format.conversations(frame)
+    ]
+    assert (
+        chat_format.token_lengths(trimming, frame).tolist() != chat_format.token_lengths(tiny_tokenizer, frame).tolist()
+    )
 
 
 def test_token_lengths_count_the_chat_template(tiny_tokenizer):
-    frame = pd.DataFrame({"instruction": ["What is a bond?", "Define equity."], "input": ["", "in finance"],
-                          "output": ["A loan to an issuer.", "Ownership."]})
+    frame = pd.DataFrame(
+        {
+            "instruction": ["What is a bond?", "Define equity."],
+            "input": ["", "in finance"],
+            "output": ["A loan to an issuer.", "Ownership."],
+        }
+    )
     lengths = chat_format.token_lengths(tiny_tokenizer, frame).tolist()  # what the report plots
     expected, plain = [], []
     for c in chat_format.conversations(frame):

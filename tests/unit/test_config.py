@@ -58,13 +58,31 @@ BAD = [
     ({"prepare": {"test_fraction": 1.5}}, ["prepare"], ["prepare.test_fraction must be in (0, 1), got 1.5"]),
     ({"prepare": {"test_fraction": 0}}, ["prepare"], ["prepare.test_fraction must be in (0, 1), got 0"]),
     ({"prepare": {"test_fraction": 1}}, ["prepare"], ["prepare.test_fraction must be in (0, 1), got 1"]),
-    ({"prepare": {"n": 0}}, ["prepare"], ["prepare.n must be >= 3 (at least one train, one val and one test row), got 0"]),
-    ({"prepare": {"n": 1}}, ["prepare"], ["prepare.n must be >= 3 (at least one train, one val and one test row), got 1"]),
-    ({"prepare": {"n": 2}}, ["prepare"], ["prepare.n must be >= 3 (at least one train, one val and one test row), got 2"]),
-    ({"prepare": {"val_fraction": 0}}, ["prepare"],
-     ["prepare.val_fraction must be in (0, 1) (training evaluates on the val split), got 0"]),
-    ({"prepare": {"val_fraction": 0.5, "test_fraction": 0.5}}, ["prepare"],
-     ["prepare.val_fraction + prepare.test_fraction must be < 1 (the rest is train), got 0.5 + 0.5"]),
+    (
+        {"prepare": {"n": 0}},
+        ["prepare"],
+        ["prepare.n must be >= 3 (at least one train, one val and one test row), got 0"],
+    ),
+    (
+        {"prepare": {"n": 1}},
+        ["prepare"],
+        ["prepare.n must be >= 3 (at least one train, one val and one test row), got 1"],
+    ),
+    (
+        {"prepare": {"n": 2}},
+        ["prepare"],
+        ["prepare.n must be >= 3 (at least one train, one val and one test row), got 2"],
+    ),
+    (
+        {"prepare": {"val_fraction": 0}},
+        ["prepare"],
+        ["prepare.val_fraction must be in (0, 1) (training evaluates on the val split), got 0"],
+    ),
+    (
+        {"prepare": {"val_fraction": 0.5, "test_fraction": 0.5}},
+        ["prepare"],
+        ["prepare.val_fraction + prepare.test_fraction must be < 1 (the rest is train), got 0.5 + 0.5"],
+    ),
     ({"prepare": {"n": 2.5}}, ["prepare"], ["prepare.n must be a whole number, got 2.5"]),
     ({"prepare": {"n": "many"}}, ["prepare"], ["prepare.n must be a whole number, got 'many'"]),
     ({"prepare": {"n": True}}, ["prepare"], ["prepare.n must be a whole number, got True"]),
@@ -76,28 +94,49 @@ BAD = [
     ({"prepare": {"seed": -1}}, ["prepare"], ["prepare.seed must be in [0, 2**32), got -1"]),
     ({"prepare": {"seed": 2**32}}, ["prepare"], ["prepare.seed must be in [0, 2**32), got 4294967296"]),
     # model
-    ({"model": {"chat_template": " "}}, ["model"], ["model.chat_template must be auto, chatml or a .jinja file, got ''"]),
-    ({"model": {"quantization": "3bit"}}, ["model"],
-     ["model.quantization must be one of 8bit, 4bit, none, got '3bit'"]),
+    (
+        {"model": {"chat_template": " "}},
+        ["model"],
+        ["model.chat_template must be auto, chatml or a .jinja file, got ''"],
+    ),
+    (
+        {"model": {"quantization": "3bit"}},
+        ["model"],
+        ["model.quantization must be one of 8bit, 4bit, none, got '3bit'"],
+    ),
     ({"model": {"quantization": 8}}, ["model"], ["model.quantization must be one of 8bit, 4bit, none, got 8"]),
     ({"model": {"quantization": None}}, ["model"], ["model.quantization must be one of 8bit, 4bit, none, got None"]),
     ({"model": {"base": ""}}, ["model"], ["model.base must not be empty"]),
     ({"model": {"local_dir": ""}}, ["model"], ["model.local_dir must not be empty"]),
-    ({"evaluate": {"bootstrap_samples": 10}}, ["evaluate"],
-     ["evaluate.bootstrap_samples must be >= 100 (fewer give unsteady 95% bounds), got 10"]),
+    (
+        {"evaluate": {"bootstrap_samples": 10}},
+        ["evaluate"],
+        ["evaluate.bootstrap_samples must be >= 100 (fewer give unsteady 95% bounds), got 10"],
+    ),
     ({"model": {"revision": ""}}, ["model"], ["model.revision must not be empty"]),
-    ({"model": {"tiny": {"vocab_size": 100}}}, ["model"],
-     ["model.tiny.vocab_size must be >= 300 (256 bytes + special tokens), got 100"]),
+    (
+        {"model": {"tiny": {"vocab_size": 100}}},
+        ["model"],
+        ["model.tiny.vocab_size must be >= 300 (256 bytes + special tokens), got 100"],
+    ),
     ({"model": {"tiny": {"num_layers": 0}}}, ["model"], ["model.tiny.num_layers must be >= 1, got 0"]),
     ({"model": {"tiny": {"hidden_size": 0}}}, ["model"], ["model.tiny.hidden_size must be >= 1, got 0"]),
     ({"model": {"tiny": {"intermediate_size": 0}}}, ["model"], ["model.tiny.intermediate_size must be >= 1, got 0"]),
     ({"model": {"tiny": {"num_heads": 0}}}, ["model"], ["model.tiny.num_heads must be >= 1, got 0"]),
     ({"model": {"tiny": {"num_kv_heads": 0}}}, ["model"], ["model.tiny.num_kv_heads must be >= 1, got 0"]),
-    ({"model": {"tiny": {"num_heads": 3}}}, ["model"],
-     ["model.tiny.hidden_size (128) must be divisible by num_heads (3)",
-      "model.tiny.num_heads (3) must be divisible by num_kv_heads (2)"]),
-    ({"model": {"tiny": {"num_kv_heads": 3}}}, ["model"],
-     ["model.tiny.num_heads (4) must be divisible by num_kv_heads (3)"]),
+    (
+        {"model": {"tiny": {"num_heads": 3}}},
+        ["model"],
+        [
+            "model.tiny.hidden_size (128) must be divisible by num_heads (3)",
+            "model.tiny.num_heads (3) must be divisible by num_kv_heads (2)",
+        ],
+    ),
+    (
+        {"model": {"tiny": {"num_kv_heads": 3}}},
+        ["model"],
+        ["model.tiny.num_heads (4) must be divisible by num_kv_heads (3)"],
+    ),
     ({"model": {"tiny": {"tokenizer": ""}}}, ["model"], ["model.tiny.tokenizer must be one of bpe, local, got ''"]),
     ({"model": {"tiny": {"seed": -5}}}, ["model"], ["model.tiny.seed must be in [0, 2**32), got -5"]),
     # train
@@ -113,31 +152,57 @@ BAD = [
     ({"train": {"weight_decay": -0.1}}, ["train"], ["train.weight_decay must be >= 0, got -0.1"]),
     ({"train": {"warmup_ratio": 1}}, ["train"], ["train.warmup_ratio must be in [0, 1), got 1"]),
     ({"train": {"precision": "fp8"}}, ["train"], ["train.precision must be one of auto, bf16, fp16, fp32, got 'fp8'"]),
-    ({"train": {"lr_scheduler": "cosine_with_min_lr"}}, ["train"],
-     [f"train.lr_scheduler must be one of {', '.join(config.LR_SCHEDULERS)}, got 'cosine_with_min_lr'"]),
-    ({"train": {"completion_only_loss": "yes"}}, ["train"],
-     ["train.completion_only_loss must be true or false, got 'yes'"]),
-    ({"train": {"gradient_checkpointing": 1}}, ["train"],
-     ["train.gradient_checkpointing must be true or false, got 1"]),
+    (
+        {"train": {"lr_scheduler": "cosine_with_min_lr"}},
+        ["train"],
+        [f"train.lr_scheduler must be one of {', '.join(config.LR_SCHEDULERS)}, got 'cosine_with_min_lr'"],
+    ),
+    (
+        {"train": {"completion_only_loss": "yes"}},
+        ["train"],
+        ["train.completion_only_loss must be true or false, got 'yes'"],
+    ),
+    (
+        {"train": {"gradient_checkpointing": 1}},
+        ["train"],
+        ["train.gradient_checkpointing must be true or false, got 1"],
+    ),
     ({"train": {"seed": -1}}, ["train"], ["train.seed must be in [0, 2**32), got -1"]),
-    ({"train": {"speed": {"use_liger_kernel": "maybe"}}}, ["train"], ["train.speed.use_liger_kernel must be one of auto, true, false, got 'maybe'"]),
-    ({"train": {"speed": {"padding_free": "yes"}}}, ["train"], ["train.speed.padding_free must be true or false, got 'yes'"]),
+    (
+        {"train": {"speed": {"use_liger_kernel": "maybe"}}},
+        ["train"],
+        ["train.speed.use_liger_kernel must be one of auto, true, false, got 'maybe'"],
+    ),
+    (
+        {"train": {"speed": {"padding_free": "yes"}}},
+        ["train"],
+        ["train.speed.padding_free must be true or false, got 'yes'"],
+    ),
     ({"train": {"num_processes": 0}}, ["train"], ["train.num_processes must be >= 1, got 0"]),
     ({"train": {"lora": {"r": 0}}}, ["train"], ["train.lora.r must be >= 1, got 0"]),
     ({"train": {"lora": {"alpha": 0}}}, ["train"], ["train.lora.alpha must be > 0, got 0"]),
     ({"train": {"lora": {"dropout": 1}}}, ["train"], ["train.lora.dropout must be in [0, 1), got 1"]),
-    ({"train": {"lora": {"target_modules": "q_proj"}}}, ["train"],
-     ["train.lora.target_modules must be all-linear or a list of names, got 'q_proj'"]),
-    ({"train": {"lora": {"target_modules": ["q_proj", 3]}}}, ["train"],
-     ["train.lora.target_modules must be all-linear or a list of names, got ['q_proj', 3]"]),
+    (
+        {"train": {"lora": {"target_modules": "q_proj"}}},
+        ["train"],
+        ["train.lora.target_modules must be all-linear or a list of names, got 'q_proj'"],
+    ),
+    (
+        {"train": {"lora": {"target_modules": ["q_proj", 3]}}},
+        ["train"],
+        ["train.lora.target_modules must be all-linear or a list of names, got ['q_proj', 3]"],
+    ),
     ({"train": {"lora": {"target_modules": []}}}, ["train"], ["train.lora.target_modules must not be empty"]),
     # evaluate
     ({"evaluate": {"batch_size": 0}}, ["evaluate"], ["evaluate.batch_size must be >= 1, got 0"]),
     ({"evaluate": {"num_samples": -1}}, ["evaluate"], ["evaluate.num_samples must be >= 0, got -1"]),
     ({"evaluate": {"max_new_tokens": 0}}, ["evaluate"], ["evaluate.max_new_tokens must be >= 1, got 0"]),
     ({"evaluate": {"temperature": 0}}, ["evaluate"], ["evaluate.temperature must be > 0, got 0"]),
-    ({"evaluate": {"do_sample": "sometimes"}}, ["evaluate"],
-     ["evaluate.do_sample must be true or false, got 'sometimes'"]),
+    (
+        {"evaluate": {"do_sample": "sometimes"}},
+        ["evaluate"],
+        ["evaluate.do_sample must be true or false, got 'sometimes'"],
+    ),
     ({"evaluate": {"seed": -1}}, ["evaluate"], ["evaluate.seed must be in [0, 2**32), got -1"]),
     # merge
     ({"merge": {"tolerance": 0}}, ["merge"], ["merge.tolerance must be > 0, got 0"]),
@@ -150,24 +215,43 @@ BAD = [
     ({"export": {"gguf": ["q2_k"]}}, ["export"], ["export.gguf must be a list of names, got ['q2_k']"]),
     ({"export": {"gguf": ["q8_0", "q8_0"]}}, ["export"], ["export.gguf lists a type twice: ['q8_0', 'q8_0']"]),
     ({"export": {"name": " "}}, ["export"], ["export.name must not be empty"]),
-    ({"model": {"base": "tiny", "quantization": "4bit", "tiny": {"hidden_size": 32}}}, ["model"],
-     ["model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
-      "(the bitsandbytes block size), got 32"]),
+    (
+        {"model": {"base": "tiny", "quantization": "4bit", "tiny": {"hidden_size": 32}}},
+        ["model"],
+        [
+            "model.quantization 4bit needs model.tiny.hidden_size and intermediate_size >= 64 "
+            "(the bitsandbytes block size), got 32"
+        ],
+    ),
     # unknown keys, with did-you-mean
     ({"trian": {"epochs": 1}}, ["train"], ["unknown key trian (did you mean train?)"]),
     ({"learning_rate": 2e-5}, ["lr"], ["unknown key learning_rate (did you mean lr?)"]),
     ({"extra": 1}, ["lr"], ["unknown key extra"]),
     ({"train": {"lerning_rate": 2e-5}}, ["train"], ["unknown key train.lerning_rate (did you mean the top-level lr?)"]),
-    ({"train": {"num_train_epochs": 3}}, ["train"], ["unknown key train.num_train_epochs (did you mean train.epochs?)"]),
+    (
+        {"train": {"num_train_epochs": 3}},
+        ["train"],
+        ["unknown key train.num_train_epochs (did you mean train.epochs?)"],
+    ),
     ({"train": {"epoch": 3}}, ["train"], ["unknown key train.epoch (did you mean epochs?)"]),
-    ({"train": {"gradient_accumulation_steps": 8}}, ["train"],
-     ["unknown key train.gradient_accumulation_steps (did you mean train.grad_accum?)"]),
-    ({"train": {"per_device_train_batch_size": 8}}, ["train"],
-     ["unknown key train.per_device_train_batch_size (did you mean train.batch_size?)"]),
+    (
+        {"train": {"gradient_accumulation_steps": 8}},
+        ["train"],
+        ["unknown key train.gradient_accumulation_steps (did you mean train.grad_accum?)"],
+    ),
+    (
+        {"train": {"per_device_train_batch_size": 8}},
+        ["train"],
+        ["unknown key train.per_device_train_batch_size (did you mean train.batch_size?)"],
+    ),
     ({"train": {"warmup": 0.1}}, ["train"], ["unknown key train.warmup (did you mean warmup_ratio?)"]),
     ({"train": {"lora": {"rr": 16}}}, ["train"], ["unknown key train.lora.rr (did you mean r?)"]),
     ({"model": {"tiny": {"num_layer": 2}}}, ["model"], ["unknown key model.tiny.num_layer (did you mean num_layers?)"]),
-    ({"prepare": {"test_fracton": 0.1}}, ["prepare"], ["unknown key prepare.test_fracton (did you mean test_fraction?)"]),
+    (
+        {"prepare": {"test_fracton": 0.1}},
+        ["prepare"],
+        ["unknown key prepare.test_fracton (did you mean test_fraction?)"],
+    ),
     # a section or subsection that is not a mapping
     ({"train": {"lora": [8, 16]}}, ["train"], ["train.lora must be a mapping, got list [8, 16]"]),
     ({"train": {"lora": 8}}, ["train"], ["train.lora must be a mapping, got int 8"]),
@@ -199,23 +283,25 @@ def test_all_problems_reported_in_one_error():
     with pytest.raises(ParamsError) as error:
         config.parse(raw, ALL, source="my/params.yaml")
     assert str(error.value).startswith("my/params.yaml: 15 problem(s):\n  ")
-    assert sorted(problems(error)) == sorted([
-        "lr must be > 0, got -1",
-        "unknown key trian (did you mean train?)",
-        "data.extra_columns must be one of drop, keep, got 'maybe'",
-        "prepare.n must be >= 3 (at least one train, one val and one test row), got 0",
-        "prepare.test_fraction must be in (0, 1), got 1.5",
-        "prepare.too_long must be one of drop, truncate, got 'cut'",
-        "model.quantization must be one of 8bit, 4bit, none, got '3bit'",
-        "model.tiny.num_layers must be >= 1, got 0",
-        "unknown key train.lerning_rate (did you mean the top-level lr?)",
-        "train.epochs must be a number, got 'two'",
-        "unknown key train.lora.rr (did you mean r?)",
-        "train.lora.r must be >= 1, got 0",
-        "train.lora.dropout must be in [0, 1), got 2",
-        "evaluate.temperature must be > 0, got -1",
-        "merge.tolerance must be > 0, got 0",
-    ])
+    assert sorted(problems(error)) == sorted(
+        [
+            "lr must be > 0, got -1",
+            "unknown key trian (did you mean train?)",
+            "data.extra_columns must be one of drop, keep, got 'maybe'",
+            "prepare.n must be >= 3 (at least one train, one val and one test row), got 0",
+            "prepare.test_fraction must be in (0, 1), got 1.5",
+            "prepare.too_long must be one of drop, truncate, got 'cut'",
+            "model.quantization must be one of 8bit, 4bit, none, got '3bit'",
+            "model.tiny.num_layers must be >= 1, got 0",
+            "unknown key train.lerning_rate (did you mean the top-level lr?)",
+            "train.epochs must be a number, got 'two'",
+            "unknown key train.lora.rr (did you mean r?)",
+            "train.lora.r must be >= 1, got 0",
+            "train.lora.dropout must be in [0, 1), got 2",
+            "evaluate.temperature must be > 0, got -1",
+            "merge.tolerance must be > 0, got 0",
+        ]
+    )
 
 
 def test_a_stage_checks_only_its_sections_but_every_top_level_key():
@@ -234,47 +320,62 @@ def test_unknown_section_asked_for_is_a_code_bug():
 
 # --- numbers as YAML 1.1 (PyYAML) reads them, from a real file ---
 
-@pytest.mark.parametrize("text, expected", [
-    ("lr: 2e-5", 2e-5),  # PyYAML: the string '2e-5'
-    ("lr: 2.0e-5", 2e-5),
-    ('lr: "2e-5"', 2e-5),
-    ("lr: '2.0E-5'", 2e-5),
-    ("lr: 1E-5", 1e-5),
-    ("lr: 1e-5", 1e-5),
-    ("lr: 0.00002", 2e-5),
-    ("lr: 1", 1.0),
-    ("lr: ' 3e-4 '", 3e-4),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("lr: 2e-5", 2e-5),  # PyYAML: the string '2e-5'
+        ("lr: 2.0e-5", 2e-5),
+        ('lr: "2e-5"', 2e-5),
+        ("lr: '2.0E-5'", 2e-5),
+        ("lr: 1E-5", 1e-5),
+        ("lr: 1e-5", 1e-5),
+        ("lr: 0.00002", 2e-5),
+        ("lr: 1", 1.0),
+        ("lr: ' 3e-4 '", 3e-4),
+    ],
+)
 def test_lr_number_forms(tmp_path, text, expected):
     p = config.load("lr", path=write(tmp_path, text + "\n"))
     assert type(p.lr) is float
     assert p.lr == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("n: 200", 200), ("n: 200.0", 200), ("n: '200'", 200), ("n: 2e2", 200), ("n: 2.0e+2", 200), ("n: 1_000", 1000),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("n: 200", 200),
+        ("n: 200.0", 200),
+        ("n: '200'", 200),
+        ("n: 2e2", 200),
+        ("n: 2.0e+2", 200),
+        ("n: 1_000", 1000),
+    ],
+)
 def test_int_fields_accept_whole_numbers(tmp_path, text, expected):
     p = config.load("prepare", path=write(tmp_path, f"prepare:\n  {text}\n"))
     assert type(p.prepare.n) is int and p.prepare.n == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("prepare:\n  n: 2.5", "prepare.n must be a whole number, got 2.5"),
-    ("prepare:\n  n: '2.5'", "prepare.n must be a whole number, got '2.5'"),
-    ("prepare:\n  n: 2.5e0", "prepare.n must be a whole number, got '2.5e0'"),
-    ("prepare:\n  n: yes", "prepare.n must be a whole number, got True"),  # YAML 1.1 bool
-    ("prepare:\n  test_fraction: true", "prepare.test_fraction must be a number, got True"),
-    ("prepare:\n  test_fraction: off", "prepare.test_fraction must be a number, got False"),
-    ("lr: .nan", "lr must be a number, got nan"),
-    ("lr: .inf", "lr must be a number, got inf"),
-    ("lr: -.inf", "lr must be a number, got -inf"),
-    ("lr: nan", "lr must be a number, got 'nan'"),
-    ("lr: 'inf'", "lr must be a number, got 'inf'"),
-    ("lr: 2e-5x", "lr must be a number, got '2e-5x'"),
-    ("lr: -1e-5", "lr must be > 0, got -1e-05"),
-    ("lr:", "lr must be a number, got None"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("prepare:\n  n: 2.5", "prepare.n must be a whole number, got 2.5"),
+        ("prepare:\n  n: '2.5'", "prepare.n must be a whole number, got '2.5'"),
+        ("prepare:\n  n: 2.5e0", "prepare.n must be a whole number, got '2.5e0'"),
+        ("prepare:\n  n: yes", "prepare.n must be a whole number, got True"),  # YAML 1.1 bool
+        ("prepare:\n  test_fraction: true", "prepare.test_fraction must be a number, got True"),
+        ("prepare:\n  test_fraction: off", "prepare.test_fraction must be a number, got False"),
+        ("lr: .nan", "lr must be a number, got nan"),
+        ("lr: .inf", "lr must be a number, got inf"),
+        ("lr: -.inf", "lr must be a number, got -inf"),
+        ("lr: nan", "lr must be a number, got 'nan'"),
+        ("lr: 'inf'", "lr must be a number, got 'inf'"),
+        ("lr: 2e-5x", "lr must be a number, got '2e-5x'"),
+        ("lr: -1e-5", "lr must be > 0, got -1e-05"),
+        ("lr:", "lr must be a number, got None"),
+    ],
+)
 def test_bad_numbers_from_file(tmp_path, text, expected):
     with pytest.raises(ParamsError) as error:
         config.load("lr", "prepare", path=write(tmp_path, text + "\n"))
@@ -315,12 +416,15 @@ def test_yaml_merge_keys_are_not_duplicates(tmp_path):
     assert config.load("train", path=write(tmp_path, text)).train.lora.r == 2
 
 
-@pytest.mark.parametrize("content, expected", [
-    (None, "{path}: file not found"),
-    ("a: [1\n", "{path}: not valid YAML ("),
-    ("- lr\n", "{path}: expected a mapping of sections, found list"),
-    (b"lr: 1\n# caf\xe9\n", "{path}: not UTF-8 (invalid byte at byte offset 11)"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "{path}: file not found"),
+        ("a: [1\n", "{path}: not valid YAML ("),
+        ("- lr\n", "{path}: expected a mapping of sections, found list"),
+        (b"lr: 1\n# caf\xe9\n", "{path}: not UTF-8 (invalid byte at byte offset 11)"),
+    ],
+)
 def test_unreadable_file(tmp_path, content, expected):
     path = tmp_path / "params.yaml"
     if isinstance(content, bytes):
@@ -338,6 +442,7 @@ def test_params_file_env(tmp_path, monkeypatch):
 
 
 # --- defaults and the repo's params.yaml ---
+
 
 def test_defaults_are_the_reference_setup():
     p = config.parse({}, ALL)
@@ -413,9 +518,13 @@ def _enum_values(module_file: Path, class_name: str) -> list[str]:
     tree = ast.parse(module_file.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == class_name:
-            return [stmt.value.value for stmt in node.body
-                    if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
-                    and isinstance(stmt.value.value, str)]
+            return [
+                stmt.value.value
+                for stmt in node.body
+                if isinstance(stmt, ast.Assign)
+                and isinstance(stmt.value, ast.Constant)
+                and isinstance(stmt.value.value, str)
+            ]
     raise AssertionError(f"{class_name} not found in {module_file}")
 
 
@@ -434,6 +543,7 @@ def test_coerced_values_are_finite_and_typed():
 
 
 # --- the declarations: every bound is checked, every field documented ---
+
 
 def test_every_declared_rule_has_a_bad_row():
     messages = [line for _, _, lines in BAD for line in lines]
@@ -479,11 +589,13 @@ BOUND_CASES = _bound_cases()
 def test_the_bound_cases_cover_every_kind_of_bound():
     assert len(BOUND_CASES) > 35
     assert {"prepare.seed", "prepare.test_fraction", "prepare.max_drop_fraction", "train.lora.alpha"} <= {
-        path for path, *_ in BOUND_CASES}
+        path for path, *_ in BOUND_CASES
+    }
 
 
-@pytest.mark.parametrize("path, kind, inside, outside", BOUND_CASES,
-                         ids=[f"{c[0]}:{c[2]!r}|{c[3]!r}" for c in BOUND_CASES])
+@pytest.mark.parametrize(
+    "path, kind, inside, outside", BOUND_CASES, ids=[f"{c[0]}:{c[2]!r}|{c[3]!r}" for c in BOUND_CASES]
+)
 def test_every_bound_accepts_its_edge_and_rejects_the_next_value(path, kind, inside, outside):
     section = path.split(".")[0]
     # the edge (or, for an open bound, the nearest value inside it) passes: no message about this key
@@ -514,8 +626,12 @@ def test_max_steps_is_minus_one_or_positive(steps, ok):
 
 
 def test_every_field_is_documented():
-    undocumented = [path for name, cls in config.SECTIONS.items()
-                    for path, f in _fields(cls, name) if not (f.description or "").strip()]
+    undocumented = [
+        path
+        for name, cls in config.SECTIONS.items()
+        for path, f in _fields(cls, name)
+        if not (f.description or "").strip()
+    ]
     assert not undocumented, f"add a docstring under: {', '.join(undocumented)}"
     assert config.Params.model_fields["lr"].description.startswith("Learning rate")
     assert config.PrepareParams.model_fields["n"].description.startswith("Rows sampled after cleaning")
@@ -530,25 +646,40 @@ def test_defaults_meet_their_own_declarations_and_are_not_shared():
 
 
 def test_yaml_forms_become_the_field_type():
-    p = config.parse({"model": {"revision": 1234567, "base": " tiny "},
-                      "train": {"speed": {"padding_free": "False"}, "completion_only_loss": " true ", "epochs": "1.5",
-                                "lora": {"target_modules": [" q_proj ", "v_proj"]}},
-                      "data": {"extra_columns": " keep "}}, ["model", "train", "data"])
+    p = config.parse(
+        {
+            "model": {"revision": 1234567, "base": " tiny "},
+            "train": {
+                "speed": {"padding_free": "False"},
+                "completion_only_loss": " true ",
+                "epochs": "1.5",
+                "lora": {"target_modules": [" q_proj ", "v_proj"]},
+            },
+            "data": {"extra_columns": " keep "},
+        },
+        ["model", "train", "data"],
+    )
     assert (p.model.revision, p.model.base) == ("1234567", "tiny")  # a hash YAML read as a number is text
     assert (p.train.speed.padding_free, p.train.completion_only_loss, p.train.epochs) == (False, True, 1.5)
     assert p.train.lora.target_modules == ["q_proj", "v_proj"] and p.data.extra_columns == "keep"
     assert config.parse({"model": {"tiny": None}}, ["model"]).model.tiny == config.TinyModelParams()
     with pytest.raises(ParamsError) as error:  # Python's 1 == True and 0 == False are not params.yaml's
         config.parse({"train": {"speed": {"use_liger_kernel": 1, "padding_free": 0}}}, ["train"])
-    assert problems(error) == ["train.speed.padding_free must be true or false, got 0",
-                               "train.speed.use_liger_kernel must be one of auto, true, false, got 1"]
+    assert problems(error) == [
+        "train.speed.padding_free must be true or false, got 0",
+        "train.speed.use_liger_kernel must be one of auto, true, false, got 1",
+    ]
 
 
 def test_param_value_gives_sections_as_plain_dicts():
     p = config.parse({}, ["lr", "model", "train"])
     lora = pipeline.param_value(p, "train.lora")
-    assert lora == {"r": 8, "alpha": 16, "dropout": 0.1,
-                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    assert lora == {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.1,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    }
     model = pipeline.param_value(p, "model")
     assert type(model["tiny"]) is dict and model["tiny"]["vocab_size"] == 4096 and model["quantization"] == "8bit"
     assert pipeline.param_value(p, "lr") == 1e-5 and pipeline.param_value(p, "train.lora.r") == 8

@@ -50,9 +50,21 @@ OUTSIDE_DVC = {
 # The training settings the model card shows: model_card.hyperparameters shows the merge stage's params keys
 # under model_card.HYPERPARAMETER_KEYS, as dvc.yaml lists them (pipeline.stage_inputs), so dvc.yaml itself is
 # the list and no code names them. test_card_keys_are_settings_that_shaped_the_weights checks them instead.
-CARD_ONLY = ("lr", "train.epochs", "train.max_steps", "train.batch_size", "train.grad_accum", "train.optim",
-             "train.lr_scheduler", "train.warmup_ratio", "train.weight_decay", "train.precision",
-             "train.completion_only_loss", "train.seed", "train.lora")
+CARD_ONLY = (
+    "lr",
+    "train.epochs",
+    "train.max_steps",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.optim",
+    "train.lr_scheduler",
+    "train.warmup_ratio",
+    "train.weight_decay",
+    "train.precision",
+    "train.completion_only_loss",
+    "train.seed",
+    "train.lora",
+)
 # dvc.yaml entries that no code names (so removing them cannot be noticed from the code).
 NOT_IN_CODE = {
     ("ingest", "deps", "${data.path}"): "the input file is named by a param",
@@ -63,12 +75,15 @@ NOT_IN_CODE = {
 # refused param stops `dvc repro` before DVC removes any output (test_every_stage_waits_for_check_params).
 PARAMS_OK = "models/params_ok.json"
 _STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-NOT_IN_CODE |= {(name, "deps", PARAMS_OK): "orders check_params before it" for name in _STAGES if name != "check_params"}
+NOT_IN_CODE |= {
+    (name, "deps", PARAMS_OK): "orders check_params before it" for name in _STAGES if name != "check_params"
+}
 WRITER = re.compile(r"^(write|atomic_path$)")  # files.write_json, files.atomic_path, ...
 READER = re.compile(r"^(read|load)_?|^check_adapter$")  # pd.read_parquet, files.read_json, modeling.load_model...
 
 
 # ---------------------------------------------------------------- reading the code
+
 
 def parse(module: str) -> ast.Module:
     return _parse(ROOT / module)
@@ -108,8 +123,11 @@ def bindings(module: str) -> tuple[dict[str, str], dict[str, tuple[str, str]], f
                     imported |= {path, *packages_of(alias.name)}
                     if alias.asname:
                         modules[alias.asname] = path
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in (
-                "stages", "finetune"):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] in ("stages", "finetune")
+        ):
             imported |= {p for p in (module_path(node.module),) if p} | packages_of(node.module)
             for alias in node.names:
                 name = alias.asname or alias.name
@@ -132,8 +150,11 @@ def import_closure(module: str) -> set[str]:
 
 def listed_code(module: str) -> set[str]:
     """What dvc.yaml must list of a stage's code: its module and its closure's files, but NO_OUTPUT_EFFECT's."""
-    return {path for path in {module} | import_closure(module)
-            if path not in NO_OUTPUT_EFFECT and not path.endswith("__init__.py")}
+    return {
+        path
+        for path in {module} | import_closure(module)
+        if path not in NO_OUTPUT_EFFECT and not path.endswith("__init__.py")
+    }
 
 
 @cache
@@ -141,9 +162,15 @@ def path_constants() -> dict[str, str]:
     """finetune/paths.py's NAME = "data/..." / "models/..." / "metrics/..." assignments."""
     found = {}
     for node in parse(PATHS_MODULE).body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-                and node.value.value.split("/")[0] in DATA_ROOTS and "/" in node.value.value):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+            and node.value.value.split("/")[0] in DATA_ROOTS
+            and "/" in node.value.value
+        ):
             found[node.targets[0].id] = node.value.value
     return found
 
@@ -233,8 +260,12 @@ def typed_roots(module: str, fn: ast.FunctionDef) -> dict[str, str]:
     roots = {}
     for arg in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]:
         annotation = arg.annotation
-        if (isinstance(annotation, ast.Attribute) and isinstance(annotation.value, ast.Name)
-                and annotation.value.id in config_names and annotation.attr in params_classes()):
+        if (
+            isinstance(annotation, ast.Attribute)
+            and isinstance(annotation.value, ast.Name)
+            and annotation.value.id in config_names
+            and annotation.attr in params_classes()
+        ):
             roots[arg.arg] = params_classes()[annotation.attr]
     return roots
 
@@ -264,8 +295,13 @@ def read_function(module: str, fn: ast.FunctionDef, given: dict[str, str]):
     consumed = set()  # chains handed whole to another function (read there key by key) or aliased
 
     def is_load(node) -> bool:
-        return isinstance(node, ast.Call) and (c := chain(node.func)) is not None and len(c) == 2 \
-            and c[0] in config_names and c[1] == "load"
+        return (
+            isinstance(node, ast.Call)
+            and (c := chain(node.func)) is not None
+            and len(c) == 2
+            and c[0] in config_names
+            and c[1] == "load"
+        )
 
     for node in sorted((n for n in body if isinstance(n, ast.Assign)), key=lambda n: n.lineno):
         if len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
@@ -277,8 +313,13 @@ def read_function(module: str, fn: ast.FunctionDef, given: dict[str, str]):
             consumed.add(id(node.value))  # an alias: what is read through it counts, not the alias itself
     loaded = {a.value for n in body if is_load(n) for a in n.args if isinstance(a, ast.Constant)}
     # `config.load("train")` as a statement, its result unused: it validates, i.e. reads, every key of the section
-    validated = {a.value for n in body if isinstance(n, ast.Expr) and is_load(n.value) for a in n.value.args
-                 if isinstance(a, ast.Constant)}
+    validated = {
+        a.value
+        for n in body
+        if isinstance(n, ast.Expr) and is_load(n.value)
+        for a in n.value.args
+        if isinstance(a, ast.Constant)
+    }
     calls = []
     for call in (n for n in body if isinstance(n, ast.Call)):
         if (target := callee(module, call)) is None:
@@ -326,6 +367,7 @@ def params_read(modules: set[str]) -> tuple[set[str], set[str]]:
 
 # ---------------------------------------------------------------- the check
 
+
 def entries(spec: dict, kind: str) -> list[str]:
     return [e if isinstance(e, str) else next(iter(e)) for e in spec.get(kind) or []]
 
@@ -358,9 +400,15 @@ def analysis(root: Path, module: str) -> dict:
         used, written, read, curves = used | u, written | w, read | r, curves or c
     outside = lambda path: any(covers(o, path) for o in OUTSIDE_DVC)  # noqa: E731
     loaded, keys = params_read(code)
-    return {"code": listed_code(module), "paths": {p for p in used if not outside(p)},
-            "written": {p for p in written if not outside(p)}, "read": {p for p in read if not outside(p)},
-            "curves": curves, "loaded": loaded, "keys": keys}
+    return {
+        "code": listed_code(module),
+        "paths": {p for p in used if not outside(p)},
+        "written": {p for p in written if not outside(p)},
+        "read": {p for p in read if not outside(p)},
+        "curves": curves,
+        "loaded": loaded,
+        "keys": keys,
+    }
 
 
 def problems(pipeline: dict) -> list[str]:
@@ -436,9 +484,12 @@ def test_a_removed_entry_is_noticed(stage, kind, entry):
     listed[:] = [e for e in listed if (e if isinstance(e, str) else next(iter(e))) != entry]
     found = [p.removeprefix(f"{stage}: ") for p in problems(broken) if p.startswith(f"{stage}: ")]
     assert found, f"removing {entry} from {stage}.{kind} went unnoticed"
-    named = [p for p in found
-             if any(covers(entry, word) for word in re.split(r"[\s,]+", p))
-             or any(key_covers(entry, k) for k in re.findall(r"key (\S+)", p))]
+    named = [
+        p
+        for p in found
+        if any(covers(entry, word) for word in re.split(r"[\s,]+", p))
+        or any(key_covers(entry, k) for k in re.findall(r"key (\S+)", p))
+    ]
     assert named, found
 
 
@@ -502,30 +553,54 @@ def probe(root: Path, monkeypatch, snippet: str, **spec) -> list[str]:
         shutil.copytree(REPO / code, root / code, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "stages/probe.py").write_text(snippet)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", root)
-    return problems({"stages": {"probe": {"cmd": "python -m stages.probe", "deps": ["stages/probe.py"], **spec}},
-                     "plots": pipeline()["plots"]})
+    return problems(
+        {
+            "stages": {"probe": {"cmd": "python -m stages.probe", "deps": ["stages/probe.py"], **spec}},
+            "plots": pipeline()["plots"],
+        }
+    )
 
 
-@pytest.mark.parametrize("snippet,expected", [
-    ("from finetune import files, paths\ndef main():\n    files.write_json(paths.TRAIN_METRICS, {})\n",
-     "writes metrics/train.json, missing from outs"),
-    ("import pandas as pd\nfrom finetune import paths\ndef main():\n    pd.read_parquet(paths.TRAIN_DATA)\n",
-     "reads data/processed/train.parquet, missing from deps"),
-    ("from finetune.paths import TEST_DATA\ndef main():\n    print(TEST_DATA)\n",
-     "uses data/processed/test.parquet, missing from deps and outs"),
-    ("from finetune import config\ndef main():\n    p = config.load('train')\n    cfg = p.train\n    cfg.lora.r\n",
-     "reads params key train.lora.r, missing from params"),
-    ("from finetune import config\ndef f(t: config.TrainParams):\n    return t.lora.alpha\n",
-     "reads params key train.lora.alpha, missing from params"),
-    ("from finetune import config\ndef main():\n    config.load('merge')\n", "loads params section merge"),
-    ("from finetune.evaluation import suite\n", "imports finetune/chat_format.py, missing from deps"),  # through suite
-    ("from finetune.report import page\n", "reads metrics/samples.jsonl, missing from deps"),  # runs, through page
-    ("from finetune.report import runs\ndef main():\n    runs.curve_files()\n",
-     "reads metrics/train_live/plots/metrics/loss.tsv, missing from deps"),  # dvc.yaml's plots
-    ("from finetune import config\nfrom finetune.evaluation import generation\ndef main():\n"
-     "    p = config.load('evaluate')\n    generation.settings_report(None, p.evaluate)\n",
-     "reads params key evaluate.max_new_tokens, missing from params"),  # a section handed on, read there
-])
+@pytest.mark.parametrize(
+    "snippet,expected",
+    [
+        (
+            "from finetune import files, paths\ndef main():\n    files.write_json(paths.TRAIN_METRICS, {})\n",
+            "writes metrics/train.json, missing from outs",
+        ),
+        (
+            "import pandas as pd\nfrom finetune import paths\ndef main():\n    pd.read_parquet(paths.TRAIN_DATA)\n",
+            "reads data/processed/train.parquet, missing from deps",
+        ),
+        (
+            "from finetune.paths import TEST_DATA\ndef main():\n    print(TEST_DATA)\n",
+            "uses data/processed/test.parquet, missing from deps and outs",
+        ),
+        (
+            "from finetune import config\ndef main():\n    p = config.load('train')\n    cfg = p.train\n    cfg.lora.r\n",
+            "reads params key train.lora.r, missing from params",
+        ),
+        (
+            "from finetune import config\ndef f(t: config.TrainParams):\n    return t.lora.alpha\n",
+            "reads params key train.lora.alpha, missing from params",
+        ),
+        ("from finetune import config\ndef main():\n    config.load('merge')\n", "loads params section merge"),
+        (
+            "from finetune.evaluation import suite\n",
+            "imports finetune/chat_format.py, missing from deps",
+        ),  # through suite
+        ("from finetune.report import page\n", "reads metrics/samples.jsonl, missing from deps"),  # runs, through page
+        (
+            "from finetune.report import runs\ndef main():\n    runs.curve_files()\n",
+            "reads metrics/train_live/plots/metrics/loss.tsv, missing from deps",
+        ),  # dvc.yaml's plots
+        (
+            "from finetune import config\nfrom finetune.evaluation import generation\ndef main():\n"
+            "    p = config.load('evaluate')\n    generation.settings_report(None, p.evaluate)\n",
+            "reads params key evaluate.max_new_tokens, missing from params",
+        ),  # a section handed on, read there
+    ],
+)
 def test_the_reader_sees(tmp_path, monkeypatch, fresh_caches, snippet, expected):
     """Each kind of use the AST reader must notice, in a probe stage that declares nothing."""
     found = probe(tmp_path, monkeypatch, snippet)
@@ -533,10 +608,21 @@ def test_the_reader_sees(tmp_path, monkeypatch, fresh_caches, snippet, expected)
 
 
 def test_a_probe_that_declares_everything_passes(tmp_path, monkeypatch, fresh_caches):
-    snippet = ("from finetune import config, files, paths\nfrom finetune.data import readers\n"
-               "def main():\n    p = config.load('train')\n    t = p.train\n    readers.read_any(paths.INGESTED)\n"
-               "    files.write_json(paths.TRAIN_METRICS, {'r': t.lora.r, 'lr': p.lr})\n")
-    spec = {"deps": ["stages/probe.py", "finetune/config.py", "finetune/files.py", "finetune/paths.py",
-                     "finetune/data/readers.py", "data/interim/ingested.parquet"],
-            "metrics": [{"metrics/train.json": {"cache": False}}], "params": ["train.lora.r", "lr"]}
+    snippet = (
+        "from finetune import config, files, paths\nfrom finetune.data import readers\n"
+        "def main():\n    p = config.load('train')\n    t = p.train\n    readers.read_any(paths.INGESTED)\n"
+        "    files.write_json(paths.TRAIN_METRICS, {'r': t.lora.r, 'lr': p.lr})\n"
+    )
+    spec = {
+        "deps": [
+            "stages/probe.py",
+            "finetune/config.py",
+            "finetune/files.py",
+            "finetune/paths.py",
+            "finetune/data/readers.py",
+            "data/interim/ingested.parquet",
+        ],
+        "metrics": [{"metrics/train.json": {"cache": False}}],
+        "params": ["train.lora.r", "lr"],
+    }
     assert probe(tmp_path, monkeypatch, snippet, **spec) == []

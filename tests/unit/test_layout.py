@@ -29,9 +29,13 @@ def stage_imports(source: str, filename: str = "<source>") -> list[str]:
             found += [f"{filename}:{node.lineno}: from stages import {a.name}" for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("stages."):
             found.append(f"{filename}:{node.lineno}: from {node.module} import ...")
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and str(node.args[0].value).startswith("stages.")
-              and (getattr(node.func, "attr", None) or getattr(node.func, "id", None)) in ("import_module", "__import__")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and str(node.args[0].value).startswith("stages.")
+            and (getattr(node.func, "attr", None) or getattr(node.func, "id", None)) in ("import_module", "__import__")
+        ):
             found.append(f"{filename}:{node.lineno}: {ast.unparse(node)}")
     return found
 
@@ -41,22 +45,28 @@ def python_files() -> list[Path]:
 
 
 def test_nothing_imports_a_stage_module():
-    found = [hit for path in python_files()
-             for hit in stage_imports(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))]
+    found = [
+        hit
+        for path in python_files()
+        for hit in stage_imports(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
+    ]
     assert found == []
     assert len(python_files()) > 50  # the walk found the tree
 
 
-@pytest.mark.parametrize("source, flagged", [
-    ("import stages.train\n", True),
-    ("import stages.train as t\n", True),
-    ("from stages import merge\n", True),
-    ("from stages.report import main\n", True),
-    ("def f():\n    from stages import prepare\n", True),  # inside a function too
-    ("import importlib\nimportlib.import_module('stages.ingest')\n", True),
-    ("from finetune import stages_list\nimport stagesx\nx = 'python -m stages.train'\n", False),
-    ("from finetune.training import sft\n", False),
-])
+@pytest.mark.parametrize(
+    "source, flagged",
+    [
+        ("import stages.train\n", True),
+        ("import stages.train as t\n", True),
+        ("from stages import merge\n", True),
+        ("from stages.report import main\n", True),
+        ("def f():\n    from stages import prepare\n", True),  # inside a function too
+        ("import importlib\nimportlib.import_module('stages.ingest')\n", True),
+        ("from finetune import stages_list\nimport stagesx\nx = 'python -m stages.train'\n", False),
+        ("from finetune.training import sft\n", False),
+    ],
+)
 def test_the_import_check_flags_a_stage_import(source, flagged):
     """Negative control: the checker above sees each way of importing a stage module, and nothing else."""
     assert bool(stage_imports(source)) is flagged
@@ -78,7 +88,9 @@ def test_every_dvc_stage_has_its_module():
     import yaml
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert {f"stages.{p.stem}" for p in stage_modules()} == {s["cmd"].split("#")[0].split()[-1] for s in stages.values()}
+    assert {f"stages.{p.stem}" for p in stage_modules()} == {
+        s["cmd"].split("#")[0].split()[-1] for s in stages.values()
+    }
 
 
 # ---------------------------------------------------------------- importing the package does nothing
@@ -109,8 +121,14 @@ def finetune_modules() -> list[str]:
 
 def import_all(cwd: Path, control: bool = False) -> subprocess.CompletedProcess:
     extra = {"PYTHONPATH": str(REPO), **({"LAYOUT_CONTROL": "1"} if control else {})}
-    return subprocess.run([sys.executable, "-c", IMPORT_ALL, *finetune_modules()], cwd=cwd, env={**env(), **extra},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", IMPORT_ALL, *finetune_modules()],
+        cwd=cwd,
+        env={**env(), **extra},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("control", [False, True], ids=["import", "control"])
@@ -120,9 +138,11 @@ def test_importing_the_package_prints_filters_and_writes_nothing(tmp_path, contr
     The control does each of the three after the imports, and the same checks see every one."""
     assert {"finetune.modeling", "finetune.training.sft", "finetune.chat", "finetune"} <= set(finetune_modules())
     result = import_all(tmp_path, control)
-    seen = {"printed": result.stdout != "",
-            "filters": "logging filters on bitsandbytes" in result.stderr,
-            "files": any(tmp_path.iterdir())}
+    seen = {
+        "printed": result.stdout != "",
+        "filters": "logging filters on bitsandbytes" in result.stderr,
+        "files": any(tmp_path.iterdir()),
+    }
     if control:
         assert seen == {"printed": True, "filters": True, "files": True}, result.stderr
         assert result.returncode == 1

@@ -32,8 +32,10 @@ def test_a_broken_merge_fails_its_check(tiny_base, large_adapter, tmp_path, monk
     check it must fail, with the stage's message; without one (the control) every check passes."""
     tokenizer = modeling.load_tokenizer(large_adapter)
     tuned = modeling.load_tuned(tiny_base, large_adapter, "none", torch.float32, expected_base="tiny")
-    conversations = [{"prompt": [{"role": "user", "content": q}]}
-                     for q in ("What is a bond?", "Classify this bank transaction: DEBIT CARD DENTAL $152.77")]
+    conversations = [
+        {"prompt": [{"role": "user", "content": q}]}
+        for q in ("What is a bond?", "Classify this bank transaction: DEBIT CARD DENTAL $152.77")
+    ]
     batch = generation.prompt_batch(tokenizer, conversations, tuned.device)
     reference = merging.logits(tuned, batch)
     with tuned.disable_adapter():
@@ -59,10 +61,12 @@ def test_a_broken_merge_fails_its_check(tiny_base, large_adapter, tmp_path, monk
 def test_check_export_names_what_differs():
     saved = {"a": torch.ones(2), "b": torch.zeros(2), "c": torch.ones(1)}
     merging.check_export(saved, {k: v.clone() for k, v in saved.items()}, "out")
-    cases = [({"a": torch.ones(2), "b": torch.zeros(2)}, "missing: c"),
-             ({**saved, "d": torch.ones(1)}, "unexpected: d"),
-             ({**saved, "b": torch.full((2,), 1e-3)}, "changed: b"),
-             ({**saved, "a": torch.ones(2, dtype=torch.bfloat16)}, "changed: a")]
+    cases = [
+        ({"a": torch.ones(2), "b": torch.zeros(2)}, "missing: c"),
+        ({**saved, "d": torch.ones(1)}, "unexpected: d"),
+        ({**saved, "b": torch.full((2,), 1e-3)}, "changed: b"),
+        ({**saved, "a": torch.ones(2, dtype=torch.bfloat16)}, "changed: a"),
+    ]
     for reloaded, message in cases:
         with pytest.raises(modeling.ModelError, match=message):
             merging.check_export(saved, reloaded, "out")
@@ -80,4 +84,3 @@ def test_eval_rows_param():
     assert config.parse({"merge": {"eval_rows": 200}}, ["merge"]).merge.eval_rows == 200
     with pytest.raises(config.ParamsError, match=r"merge.eval_rows must be >= 0 \(0: all test rows\), got -1"):
         config.parse({"merge": {"eval_rows": -1}}, ["merge"])
-

@@ -7,8 +7,13 @@ import re
 
 from finetune import config, model_card
 
-MERGE_METRICS = {"max_abs_logit_diff": 1e-7, "tolerance": 1e-3, "adapter_max_abs_logit_diff": 0.5, "merged.rows": 3,
-                 "merged.eval_loss": 1.25}
+MERGE_METRICS = {
+    "max_abs_logit_diff": 1e-7,
+    "tolerance": 1e-3,
+    "adapter_max_abs_logit_diff": 0.5,
+    "merged.rows": 3,
+    "merged.eval_loss": 1.25,
+}
 
 
 def test_base_license_is_inherited(tmp_path):
@@ -29,11 +34,20 @@ def test_hyperparameters_are_the_weight_shaping_keys_flattened_in_order():
 
 def test_render_is_the_same_bytes_for_the_same_run():
     def card(tuned_loss):
-        return model_card.render(base="tiny", revision=None, license="unknown", export_dtype="float32",
-                                 data_path="data/raw/finance_alpaca.parquet", data_counts={"test": 3},
-                                 hyperparameters={"lr": 1e-5}, evaluation_metrics={"tuned.eval_loss": tuned_loss},
-                                 merge_metrics=MERGE_METRICS, template="the tiny default's ChatML chat template",
-                                 example="<|im_start|>user\nWhat is a bond?<|im_end|>\n", stop_tokens=["<|im_end|>"])
+        return model_card.render(
+            base="tiny",
+            revision=None,
+            license="unknown",
+            export_dtype="float32",
+            data_path="data/raw/finance_alpaca.parquet",
+            data_counts={"test": 3},
+            hyperparameters={"lr": 1e-5},
+            evaluation_metrics={"tuned.eval_loss": tuned_loss},
+            merge_metrics=MERGE_METRICS,
+            template="the tiny default's ChatML chat template",
+            example="<|im_start|>user\nWhat is a bond?<|im_end|>\n",
+            stop_tokens=["<|im_end|>"],
+        )
 
     assert card(1.5) == card(1.5)
     assert card(1.5) != card(1.25)  # control: an input shows

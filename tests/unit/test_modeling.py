@@ -107,8 +107,10 @@ def test_a_listed_module_the_model_lacks_is_a_params_error_listing_its_layers(fa
     with pytest.raises(ParamsError) as error:
         modeling.lora_targets(phi3, LORA_TARGETS)  # the reference list: Phi-3 fuses q/k/v and gate/up
     message = str(error.value)
-    assert "train.lora.target_modules: q_proj, k_proj, v_proj, gate_proj, up_proj are not a linear layer of " \
-           "Phi3ForCausalLM, whose linear layers are down_proj, gate_up_proj, o_proj, qkv_proj" in message
+    assert (
+        "train.lora.target_modules: q_proj, k_proj, v_proj, gate_proj, up_proj are not a linear layer of "
+        "Phi3ForCausalLM, whose linear layers are down_proj, gate_up_proj, o_proj, qkv_proj" in message
+    )
     # control: the same list fits a Llama; a name it lacks does not
     llama = modeling.load_model(family_dir("llama3"), "none")
     assert modeling.lora_targets(llama, LORA_TARGETS) == LORA_TARGETS
@@ -132,8 +134,12 @@ def test_chat_template_choice(family_dir, tmp_path):
     assert chatml.chat_template == chat_format.CHATML_TEMPLATE
     # a .jinja file: used as written, if its turns end with a special token
     path = tmp_path / "plain.jinja"
-    path.write_text("{% for m in messages %}<|start_header_id|>{{ m['role'] }}\n{{ m['content'] }}<|eot_id|>{% endfor %}")
-    assert modeling.choose_template(modeling.load_tokenizer(llama), str(path), "llama").chat_template == path.read_text()
+    path.write_text(
+        "{% for m in messages %}<|start_header_id|>{{ m['role'] }}\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+    )
+    assert (
+        modeling.choose_template(modeling.load_tokenizer(llama), str(path), "llama").chat_template == path.read_text()
+    )
     path.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}")
     with pytest.raises(ParamsError, match=r"an assistant turn ends with '\\n\\n', which does not start with a special"):
         modeling.choose_template(modeling.load_tokenizer(llama), str(path), "llama")

@@ -11,8 +11,15 @@ from finetune.errors import StageError
 
 def test_the_fingerprint_reads_the_train_stage_of_dvc_yaml(tmp_path):
     """stage_inputs returns dvc.yaml's lists (params filled into `${}` deps), and names what it cannot use."""
-    spec = {"stages": {"train": {"cmd": "python -m stages.train", "deps": ["stages/train.py", "${data.path}"],
-                                 "params": ["lr", "train.lora"]}}}
+    spec = {
+        "stages": {
+            "train": {
+                "cmd": "python -m stages.train",
+                "deps": ["stages/train.py", "${data.path}"],
+                "params": ["lr", "train.lora"],
+            }
+        }
+    }
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"path": "my.jsonl"}}))
     p = config.parse({"data": {"path": "my.jsonl"}}, ["lr", "data", "train"])

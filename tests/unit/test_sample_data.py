@@ -42,8 +42,9 @@ def prompts_per_fact(records: list[dict]) -> dict:
     found = defaultdict(set)
     for rec in records:
         if rec["output"] and rec["output"].strip() and rec["output"] not in sample_data.PLACEHOLDERS:
-            found[(rec["input"] or "", rec["output"])].add((rec["instruction"].casefold().strip(" ."),
-                                                           (rec["input"] or "").casefold().strip()))
+            found[(rec["input"] or "", rec["output"])].add(
+                (rec["instruction"].casefold().strip(" ."), (rec["input"] or "").casefold().strip())
+            )
     return found
 
 

@@ -19,8 +19,10 @@ def test_tiny_tokenizer_follows_qwen2_conventions(tiny_tokenizer):
         assert tok.convert_tokens_to_ids(special) is not None
         assert tok.encode(special, add_special_tokens=False) == [tok.convert_tokens_to_ids(special)]
     text = tok.apply_chat_template(CHAT, tokenize=False)
-    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                    "<|im_start|>user\nWhat is a bond?<|im_end|>\n<|im_start|>assistant\nA loan.<|im_end|>\n")
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nWhat is a bond?<|im_end|>\n<|im_start|>assistant\nA loan.<|im_end|>\n"
+    )
     ids = tok("Interest of $1,234.56 at 5%")["input_ids"]
     assert tok.decode(ids) == "Interest of $1,234.56 at 5%"
 
@@ -39,7 +41,10 @@ def test_missing_vocabulary_files_are_named(tmp_path):
 
 
 def test_4bit_tiny_model_must_be_wide_enough():
-    with pytest.raises(ParamsError, match="model.quantization 4bit needs model.tiny.hidden_size and "
-                                         "intermediate_size >= 64 .the bitsandbytes block size., got 32"):
+    with pytest.raises(
+        ParamsError,
+        match="model.quantization 4bit needs model.tiny.hidden_size and "
+        "intermediate_size >= 64 .the bitsandbytes block size., got 32",
+    ):
         config.parse({"model": {"quantization": "4bit", "tiny": {"hidden_size": 32}}}, ["model"])
     config.parse({"model": {"quantization": "4bit"}}, ["model"])  # the default tiny model is wide enough

@@ -13,8 +13,17 @@ from hypothesis import strategies as st
 from finetune import chat_format
 from finetune.data import cleaning, identity, readers, schema, splitting
 from finetune.errors import DataError
-from frames import (assert_counts_add_up, frame_of, leaks, only_drop, output_chars, per_row, prompt_rows, rows_of,
-                    same_prompt)
+from frames import (
+    assert_counts_add_up,
+    frame_of,
+    leaks,
+    only_drop,
+    output_chars,
+    per_row,
+    prompt_rows,
+    rows_of,
+    same_prompt,
+)
 from helpers import ALPACA, QWEN2_TOKENIZER, requires_alpaca, requires_qwen2_tokenizer
 
 GOOD = ("Define APR.", "", "APR is the yearly cost of a loan.")
@@ -23,28 +32,31 @@ GOOD = ("Define APR.", "", "APR is the yearly cost of a loan.")
 # ---------------------------------------------------------------- clean: one reason at a time
 
 
-@pytest.mark.parametrize("row, reason", [
-    ((None, "", "an answer"), "missing_instruction"),
-    (("Say hi.", "", None), "missing_output"),
-    ((None, None, None), "missing_instruction"),  # counted once, under its first reason
-    (("   ", "", "an answer"), "blank_instruction"),
-    (("?", "what is a bond", "an answer"), "blank_instruction"),  # normalises to "": no prompt
-    (("Say hi.", "", ""), "blank_output"),
-    (("Say hi.", "", " \t\n\u3000"), "blank_output"),
-    (("Say hi.", "", "\x1c\x85"), "blank_output"),  # Python's whitespace, not only ASCII's
-    (("Say hi.", "", "<noinput>"), "placeholder_output"),
-    (("Say hi.", "", " <nooutput>\n"), "placeholder_output"),
-    (("Say hi.", "", "< no  Output >"), "placeholder_output"),
-    (("Say hi.", "", "N/A"), "placeholder_output"),
-    (("Say hi.", "", "n/a"), "placeholder_output"),
-    (("Say hi.", "", "..."), "placeholder_output"),
-    (("Say hi.", "", "…"), "placeholder_output"),
-    (("Say hi.", "", "....\n.....\n…"), "placeholder_output"),
-    (("Say\x00 hi.", "", "hi"), "control_characters"),
-    (("Say hi.", "\x1b[31m", "hi"), "control_characters"),
-    (("Say hi.", "", "hi\x7f"), "control_characters"),
-    (("Say hi.", "", "hi\x0c"), "control_characters"),
-])
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ((None, "", "an answer"), "missing_instruction"),
+        (("Say hi.", "", None), "missing_output"),
+        ((None, None, None), "missing_instruction"),  # counted once, under its first reason
+        (("   ", "", "an answer"), "blank_instruction"),
+        (("?", "what is a bond", "an answer"), "blank_instruction"),  # normalises to "": no prompt
+        (("Say hi.", "", ""), "blank_output"),
+        (("Say hi.", "", " \t\n\u3000"), "blank_output"),
+        (("Say hi.", "", "\x1c\x85"), "blank_output"),  # Python's whitespace, not only ASCII's
+        (("Say hi.", "", "<noinput>"), "placeholder_output"),
+        (("Say hi.", "", " <nooutput>\n"), "placeholder_output"),
+        (("Say hi.", "", "< no  Output >"), "placeholder_output"),
+        (("Say hi.", "", "N/A"), "placeholder_output"),
+        (("Say hi.", "", "n/a"), "placeholder_output"),
+        (("Say hi.", "", "..."), "placeholder_output"),
+        (("Say hi.", "", "…"), "placeholder_output"),
+        (("Say hi.", "", "....\n.....\n…"), "placeholder_output"),
+        (("Say\x00 hi.", "", "hi"), "control_characters"),
+        (("Say hi.", "\x1b[31m", "hi"), "control_characters"),
+        (("Say hi.", "", "hi\x7f"), "control_characters"),
+        (("Say hi.", "", "hi\x0c"), "control_characters"),
+    ],
+)
 def test_each_bad_row_is_dropped_and_counted(row, reason):
     kept, counts = cleaning.clean(frame_of(GOOD, row))
     assert rows_of(kept) == [GOOD]
@@ -52,10 +64,21 @@ def test_each_bad_row_is_dropped_and_counted(row, reason):
     assert_counts_add_up(counts, 2)
 
 
-@pytest.mark.parametrize("output", [
-    "Hello...", "... and then it rose.", "N/A: not applicable here", ".", ". .", "n/a.", "<no>", "\t\n\r fine",
-    "<nooutput> is what Alpaca writes", "N/A N/A",
-])
+@pytest.mark.parametrize(
+    "output",
+    [
+        "Hello...",
+        "... and then it rose.",
+        "N/A: not applicable here",
+        ".",
+        ". .",
+        "n/a.",
+        "<no>",
+        "\t\n\r fine",
+        "<nooutput> is what Alpaca writes",
+        "N/A N/A",
+    ],
+)
 def test_usable_outputs_are_kept(output):
     kept, counts = cleaning.clean(frame_of(("Say hi.", "", output)))
     assert rows_of(kept) == [("Say hi.", "", output)]
@@ -107,8 +130,11 @@ def test_same_prompt_with_other_outputs_keeps_the_first_in_file_order():
 
 
 def test_case_punctuation_and_width_variants_are_one_prompt():
-    variants = [("NAME A BOND", "", "A treasury."), ("name a bond!", "", "A muni."),
-                ("Ｎａｍｅ ａ ｂｏｎｄ", "", "A treasury.")]
+    variants = [
+        ("NAME A BOND", "", "A treasury."),
+        ("name a bond!", "", "A muni."),
+        ("Ｎａｍｅ ａ ｂｏｎｄ", "", "A treasury."),
+    ]
     kept, counts = cleaning.clean(frame_of(("Name a bond.", "", "A treasury."), *variants))
     assert rows_of(kept) == [("Name a bond.", "", "A treasury.")]
     assert only_drop(counts) == {"duplicate": 2, "conflicting_output": 1}  # same answer: a duplicate
@@ -142,9 +168,11 @@ def test_too_long_drop_or_truncate_with_a_fake_length():
 
 
 def test_too_long_with_the_tiny_tokenizer_after_the_chat_template(tiny_tokenizer):
-    rows = [("Define APR.", "", "APR is the yearly cost of a loan."),
-            ("Summarize.", "Revenue rose 17% to $8.5 billion; net income grew.", "Revenue and income rose."),
-            ("Explain compound interest.", "", "Interest on interest. " * 30)]
+    rows = [
+        ("Define APR.", "", "APR is the yearly cost of a loan."),
+        ("Summarize.", "Revenue rose 17% to $8.5 billion; net income grew.", "Revenue and income rose."),
+        ("Explain compound interest.", "", "Interest on interest. " * 30),
+    ]
     length_of = lambda conversation: chat_format.token_length(tiny_tokenizer, conversation)  # noqa: E731
     lengths = [length_of(chat_format.to_conversation(*r)) for r in rows]
     # The template (system turn, role markers) counts: more tokens than the texts alone.
@@ -161,8 +189,16 @@ def test_too_long_with_the_tiny_tokenizer_after_the_chat_template(tiny_tokenizer
 
 def test_every_reason_in_one_frame_counts_add_up():
     frame = frame_of(
-        GOOD, (None, "", "x"), ("a", "", None), ("", "", "x"), ("a", "", " "), ("a", "", "N/A"),
-        ("a\x00", "", "x"), GOOD, ("Define APR.", "", "Another answer."), ("Long one.", "", "y" * 40),
+        GOOD,
+        (None, "", "x"),
+        ("a", "", None),
+        ("", "", "x"),
+        ("a", "", " "),
+        ("a", "", "N/A"),
+        ("a\x00", "", "x"),
+        GOOD,
+        ("Define APR.", "", "Another answer."),
+        ("Long one.", "", "y" * 40),
         ("Add.", None, "3"),
     )
     kept, counts = cleaning.clean(frame, output_chars, 35, "drop")
@@ -173,14 +209,21 @@ def test_every_reason_in_one_frame_counts_add_up():
 
 
 def test_a_too_long_first_answer_does_not_block_a_usable_one():
-    frame = pd.DataFrame({"instruction": ["Define ROI."] * 3, "input": [""] * 3,
-                          "output": ["x" * 50, "Return on investment.", "x" * 50]}, dtype=object)
+    frame = pd.DataFrame(
+        {
+            "instruction": ["Define ROI."] * 3,
+            "input": [""] * 3,
+            "output": ["x" * 50, "Return on investment.", "x" * 50],
+        },
+        dtype=object,
+    )
     kept, counts = cleaning.clean(frame, output_chars, max_length=30)
     assert kept["output"].tolist() == ["Return on investment."]
     assert counts["dropped.too_long"] == 1 and counts["dropped.conflicting_output"] == 1
 
 
 # ---------------------------------------------------------------- clean against the row-by-row rules
+
 
 def reference_problem(instruction, input_text, output) -> str | None:
     """The row-by-row rules prepare had before it worked by column (Python str and re)."""
@@ -224,19 +267,49 @@ def reference_clean(rows: list[tuple], length_of, max_length: int, too_long: str
 
 # Texts that hit every rule's edge: Unicode whitespace, dots and ellipses, filler spellings,
 # control characters, case and width variants of one prompt.
-EDGY = st.sampled_from([
-    "Define APR.", "define  apr", "ＤＥＦＩＮＥ ＡＰＲ", "Sum it", "sum it!", "Q",
-    "", " ", "\t\n", "\u3000", "\x1c", "\x85",
-    "\u2028", "...", "…", ". .", "..x", "N/A", "n/a ", "İ/A", "<noinput>", "< no output >", "<nooutput>x",
-    "ok\x00", "\x1b[0m", "\x7f", "x" * 30, "A cost.", "5",
-])
+EDGY = st.sampled_from(
+    [
+        "Define APR.",
+        "define  apr",
+        "ＤＥＦＩＮＥ ＡＰＲ",
+        "Sum it",
+        "sum it!",
+        "Q",
+        "",
+        " ",
+        "\t\n",
+        "\u3000",
+        "\x1c",
+        "\x85",
+        "\u2028",
+        "...",
+        "…",
+        ". .",
+        "..x",
+        "N/A",
+        "n/a ",
+        "İ/A",
+        "<noinput>",
+        "< no output >",
+        "<nooutput>x",
+        "ok\x00",
+        "\x1b[0m",
+        "\x7f",
+        "x" * 30,
+        "A cost.",
+        "5",
+    ]
+)
 TEXTS = st.lists(EDGY, min_size=1, max_size=3).map("".join)
 
 
 @settings(max_examples=80, deadline=None)
 @given(
-    rows=st.lists(st.tuples(st.one_of(TEXTS, st.none()), st.one_of(TEXTS, st.none()), st.one_of(TEXTS, st.none())),
-                  min_size=1, max_size=30),
+    rows=st.lists(
+        st.tuples(st.one_of(TEXTS, st.none()), st.one_of(TEXTS, st.none()), st.one_of(TEXTS, st.none())),
+        min_size=1,
+        max_size=30,
+    ),
     too_long=st.sampled_from(["drop", "truncate"]),
     max_length=st.integers(0, 40),
 )
@@ -253,7 +326,6 @@ def test_clean_by_column_gives_what_row_by_row_rules_give(rows, too_long, max_le
     assert [cleaning.row_problem(*r) for r in rows] == [reference_problem(i, x or "", o) for i, x, o in rows]
 
 
-
 # ---------------------------------------------------------------- measuring only what decides something
 
 
@@ -268,8 +340,9 @@ def test_drawing_checks_few_rows_and_gives_the_same_sample(sample):
 
     everything, all_counts = cleaning.clean(sample, output_chars, 60, "drop")
     drawn, counts = cleaning.clean(sample, lengths, 60, "drop", n=100, seed=5)
-    for a, b in zip(splitting.sample_and_split(everything, 100, 0.2, 0.05, 5),
-                    splitting.sample_and_split(drawn, 100, 0.2, 0.05, 5)):
+    for a, b in zip(
+        splitting.sample_and_split(everything, 100, 0.2, 0.05, 5), splitting.sample_and_split(drawn, 100, 0.2, 0.05, 5)
+    ):
         pd.testing.assert_frame_equal(a, b)
     assert all_counts["rows_unchecked"] == 0 and all_counts["dropped.too_long"] > 0
     assert counts["length_checked"] <= len(measured) < len(sample) // 2
@@ -290,8 +363,13 @@ def test_drawing_still_resolves_repeated_prompts_everywhere():
 
 
 @settings(max_examples=30, deadline=None)
-@given(rows=prompt_rows(), n=st.integers(3, 12), max_length=st.integers(1, 3), seed=st.integers(0, 2**32 - 1),
-       too_long=st.sampled_from(["drop", "truncate"]))
+@given(
+    rows=prompt_rows(),
+    n=st.integers(3, 12),
+    max_length=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+    too_long=st.sampled_from(["drop", "truncate"]),
+)
 def test_drawing_and_checking_everything_agree(rows, n, max_length, seed, too_long):
     frame = frame_of(*rows)
     lengths = lambda rows: [len(x) for x in rows["input"]]  # noqa: E731  (prompts with an input are too long)
@@ -299,22 +377,28 @@ def test_drawing_and_checking_everything_agree(rows, n, max_length, seed, too_lo
     drawn, counts = cleaning.clean(frame, lengths, max_length, too_long, n=n, seed=seed)
     if len(everything) < 3:
         return
-    for a, b in zip(splitting.sample_and_split(everything, n, 0.3, 0.2, seed),
-                    splitting.sample_and_split(drawn, n, 0.3, 0.2, seed)):
+    for a, b in zip(
+        splitting.sample_and_split(everything, n, 0.3, 0.2, seed), splitting.sample_and_split(drawn, n, 0.3, 0.2, seed)
+    ):
         pd.testing.assert_frame_equal(a, b)
     for reason in ("duplicate", "conflicting_output", *cleaning.REASONS[:6]):
         assert counts[f"dropped.{reason}"] == all_counts[f"dropped.{reason}"]
     assert_counts_add_up(counts, len(rows))
 
 
-
 # ---------------------------------------------------------------- failing on too much loss
 
 
 def _counts(read: int, dropped: int, unchecked: int = 0, checked: int = 0, too_long: int = 0) -> dict:
-    return {"rows_read": read, "rows_kept": read - dropped - unchecked, "dropped_total": dropped + too_long,
-            "rows_unchecked": unchecked, "length_checked": checked, "dropped.blank_output": dropped,
-            "dropped.too_long": too_long}
+    return {
+        "rows_read": read,
+        "rows_kept": read - dropped - unchecked,
+        "dropped_total": dropped + too_long,
+        "rows_unchecked": unchecked,
+        "length_checked": checked,
+        "dropped.blank_output": dropped,
+        "dropped.too_long": too_long,
+    }
 
 
 def test_drop_share_above_the_limit_fails_with_the_numbers():
@@ -332,8 +416,12 @@ def test_drop_share_counts_the_unchecked_rows_at_the_checked_rows_rate():
     cleaning.check_drop_share(counts, 0.55, "in.parquet")
     with pytest.raises(DataError) as info:
         cleaning.check_drop_share(counts, 0.5, "in.parquet")
-    for phrase in ("would drop about 55 of 100 rows", "55% > prepare.max_drop_fraction 50%",
-                   "too_long estimated from 20 rows checked", "blank_output=10, too_long=10"):
+    for phrase in (
+        "would drop about 55 of 100 rows",
+        "55% > prepare.max_drop_fraction 50%",
+        "too_long estimated from 20 rows checked",
+        "blank_output=10, too_long=10",
+    ):
         assert phrase in str(info.value)
 
 
@@ -346,7 +434,6 @@ def test_nothing_surviving_fails_clearly():
     _, counts = cleaning.clean(frame_of(("a", "", "1"), ("b", "", "2")))
     with pytest.raises(DataError, match=r"2 row\(s\) survive cleaning \(need at least 3 to split\)"):
         cleaning.check_drop_share(counts, 1.0, "in.parquet")
-
 
 
 # ---------------------------------------------------------------- the real Alpaca sample

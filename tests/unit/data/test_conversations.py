@@ -61,14 +61,21 @@ def only_drop(counts):
 
 # ---------------------------------------------------------------- the label mask
 
+
 def test_label_mask_is_every_assistant_turn_with_its_end_of_turn(tokenizer):
-    messages = chat(("What is APR?", "A yearly rate."), ("And APY?", "Compounded."), ("Thanks", "You are welcome."),
-                    system="Be brief.")
+    messages = chat(
+        ("What is APR?", "A yearly rate."),
+        ("And APY?", "Compounded."),
+        ("Thanks", "You are welcome."),
+        system="Be brief.",
+    )
     ids, mask, ends = chat_format.encode_conversation(tokenizer, messages)
     assert expected_mask(tokenizer, messages) == mask
     assert len(ends) == 3 and ends[-1] == len(ids)
     labelled = tokenizer.decode([t for t, m in zip(ids, mask) if m])
-    assert labelled == "".join(f"{t['content']}{chat_format.END_OF_TURN}\n" for t in messages if t["role"] == "assistant")
+    assert labelled == "".join(
+        f"{t['content']}{chat_format.END_OF_TURN}\n" for t in messages if t["role"] == "assistant"
+    )
     # negative control: the same mask shifted by one token (either way) is not the assistant tokens
     for shifted in (mask[1:] + [0], [0] + mask[:-1]):
         assert shifted != expected_mask(tokenizer, messages)
@@ -87,9 +94,9 @@ def expected_mask(tokenizer, messages) -> list[int]:
 
 # ---------------------------------------------------------------- cleaning
 
+
 def test_each_refused_conversation_counted_under_its_reason_alone(encode):
-    good = [chat((f"Question {i}?", f"Answer {i}."), (f"More {i}?", f"Yes {i}."), system="Be brief.")
-            for i in range(6)]
+    good = [chat((f"Question {i}?", f"Answer {i}."), (f"More {i}?", f"Yes {i}."), system="Be brief.") for i in range(6)]
     kept, counts = conversations.clean(frame(*good, *REFUSED.values()), encode, 512, "drop", None, 0)
     assert only_drop(counts) == {reason: 1 for reason in REFUSED}
     assert kept_turns(kept) == good
@@ -97,11 +104,13 @@ def test_each_refused_conversation_counted_under_its_reason_alone(encode):
 
 
 def test_duplicates_and_conflicts_by_the_user_side(encode):
-    rows = [chat(("Define APR.", "A yearly rate.")),
-            chat(("  define apr ", "A yearly rate.")),  # same user side, same answer: duplicate
-            chat(("DEFINE APR!", "Something else.")),  # same user side, another answer: conflict
-            chat(("Define APR.", "A yearly rate."), ("More?", "No.")),  # another user side: kept
-            chat(("Define APR.", "A yearly rate."), system="Be brief.")]  # a system turn is part of it: kept
+    rows = [
+        chat(("Define APR.", "A yearly rate.")),
+        chat(("  define apr ", "A yearly rate.")),  # same user side, same answer: duplicate
+        chat(("DEFINE APR!", "Something else.")),  # same user side, another answer: conflict
+        chat(("Define APR.", "A yearly rate."), ("More?", "No.")),  # another user side: kept
+        chat(("Define APR.", "A yearly rate."), system="Be brief."),
+    ]  # a system turn is part of it: kept
     kept, counts = conversations.clean(frame(*rows), encode, 512, "drop", None, 0)
     assert only_drop(counts) == {"duplicate": 1, "conflicting_output": 1}
     assert kept_turns(kept) == [rows[0], rows[3], rows[4]]
@@ -132,6 +141,7 @@ def test_rows_without_a_labelled_token_are_refused(tokenizer):
 
 # ---------------------------------------------------------------- split and report
 
+
 def test_no_identity_in_two_splits(encode):
     rows = [chat((f"Question {i % 40}?", f"Answer {i}."), (f"Follow {i % 3}", "ok")) for i in range(150)]
     rows += [chat((f"question {i % 40}", f"Answer {i}."), (f"follow {i % 3}!", "ok")) for i in range(150)]  # spelled
@@ -151,8 +161,13 @@ def test_token_report_counts_labels_and_turns(encode, tokenizer):
     rows = [chat(("Hi", "Hello."), ("APR?", "A rate.")), chat(("Bye", "Bye."))]
     report = conversations.token_report({"train": frame(*rows)}, encode, 512)
     total = sum(len(encode(r)[0]) for r in rows)
-    labelled = sum(len(tokenizer(f"{a}<|im_end|>\n", add_special_tokens=False)["input_ids"])
-                   for a in ("Hello.", "A rate.", "Bye."))
-    assert report == {"tokens.train.total": total, "tokens.train.labelled": labelled,
-                      "tokens.train.labelled_share": round(labelled / total, 4),
-                      "tokens.train.assistant_turns_per_row": 1.5, "tokens.train.rows_without_labels": 0}
+    labelled = sum(
+        len(tokenizer(f"{a}<|im_end|>\n", add_special_tokens=False)["input_ids"]) for a in ("Hello.", "A rate.", "Bye.")
+    )
+    assert report == {
+        "tokens.train.total": total,
+        "tokens.train.labelled": labelled,
+        "tokens.train.labelled_share": round(labelled / total, 4),
+        "tokens.train.assistant_turns_per_row": 1.5,
+        "tokens.train.rows_without_labels": 0,
+    }

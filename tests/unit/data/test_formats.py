@@ -11,12 +11,20 @@ import pytest
 from finetune.data import formats, readers
 from finetune.errors import DataError
 
-CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "APR?"},
-        {"role": "assistant", "content": "Annual rate."}]
-SHAREGPT = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
-            {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "APR?"},
-            {"from": "gpt", "value": "Annual rate."}]
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "APR?"},
+    {"role": "assistant", "content": "Annual rate."},
+]
+SHAREGPT = [
+    {"from": "system", "value": "Be brief."},
+    {"from": "human", "value": "Hi"},
+    {"from": "gpt", "value": "Hello."},
+    {"from": "human", "value": "APR?"},
+    {"from": "gpt", "value": "Annual rate."},
+]
 
 
 def ingest(path, fmt="auto", columns=None, split="", extra="drop"):
@@ -51,10 +59,13 @@ def test_conversations_in_every_file_type_become_role_content_json(tmp_path, suf
 
 
 def test_sharegpt_keeps_unknown_roles_for_prepare_to_count(tmp_path):
-    path = write_jsonl(tmp_path / "c.jsonl", [{"conversations": [{"from": "bing", "value": "x"},
-                                                                  {"from": "gpt", "value": None}]}])
-    assert json.loads(ingest(path)[0]["messages"][0]) == [{"role": "bing", "content": "x"},
-                                                         {"role": "assistant", "content": ""}]
+    path = write_jsonl(
+        tmp_path / "c.jsonl", [{"conversations": [{"from": "bing", "value": "x"}, {"from": "gpt", "value": None}]}]
+    )
+    assert json.loads(ingest(path)[0]["messages"][0]) == [
+        {"role": "bing", "content": "x"},
+        {"role": "assistant", "content": ""},
+    ]
 
 
 def test_alpaca_under_other_names_is_mapped(tmp_path):
@@ -64,8 +75,11 @@ def test_alpaca_under_other_names_is_mapped(tmp_path):
     assert chosen == "alpaca"
     assert frame.to_dict("records") == [{"instruction": "What is APR?", "input": "loans", "output": "A rate."}]
     # control: without the mapping nothing says what the columns are
-    with pytest.raises(DataError, match=r"qa.jsonl: required column\(s\) instruction, output missing; found: question, "
-                                        r"context, answer \(format alpaca, chosen by data.format auto"):
+    with pytest.raises(
+        DataError,
+        match=r"qa.jsonl: required column\(s\) instruction, output missing; found: question, "
+        r"context, answer \(format alpaca, chosen by data.format auto",
+    ):
         ingest(path)
     with pytest.raises(DataError, match=r"required column\(s\) instruction, output missing.*\(format alpaca\)"):
         ingest(path, fmt="alpaca")
@@ -80,15 +94,21 @@ def test_mapped_conversation_column(tmp_path):
 
 def test_errors_name_the_file_format_and_columns(tmp_path):
     alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "q", "output": "a"}])
-    with pytest.raises(DataError, match=r"a.jsonl: format messages expects a column 'messages' .*found: instruction, "
-                                        r"output"):
+    with pytest.raises(
+        DataError,
+        match=r"a.jsonl: format messages expects a column 'messages' .*found: instruction, "
+        r"output",
+    ):
         ingest(alpaca, fmt="messages")
     chat = write_jsonl(tmp_path / "m.jsonl", [{"messages": CHAT}])
     with pytest.raises(DataError, match=r"m.jsonl: format sharegpt expects a column 'conversations'.*found: messages"):
         ingest(chat, fmt="sharegpt")
     bad = write_jsonl(tmp_path / "b.jsonl", [{"messages": CHAT}, {"messages": [{"role": "user"}]}])
-    with pytest.raises(DataError, match=r"b.jsonl: row 2, column 'messages', turn 1: expected keys 'role' and "
-                                        r"'content' \(format messages\), found \['role'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"b.jsonl: row 2, column 'messages', turn 1: expected keys 'role' and "
+        r"'content' \(format messages\), found \['role'\]",
+    ):
         ingest(bad)
     text = write_jsonl(tmp_path / "t.jsonl", [{"messages": "hello"}])
     with pytest.raises(DataError, match=r"t.jsonl: row 1, column 'messages': expected a list of turns"):
@@ -124,9 +144,9 @@ def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "one"))
     frame, chosen = ingest(tmp_path / "one")
     assert chosen == "sharegpt" and [json.loads(t) for t in frame["messages"]] == [CHAT, CHAT[1:3]]
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
-                          "test": datasets.Dataset.from_dict({"conversations": [SHAREGPT]})}).save_to_disk(
-        str(tmp_path / "dict"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(rows), "test": datasets.Dataset.from_dict({"conversations": [SHAREGPT]})}
+    ).save_to_disk(str(tmp_path / "dict"))
     assert len(ingest(tmp_path / "dict", split="test")[0]) == 1
     with pytest.raises(DataError, match=r"dict: several splits \(test, train\)"):
         ingest(tmp_path / "dict")

@@ -33,14 +33,16 @@ def test_same_seed_same_split_other_seed_other_split(sample):
 
 def test_split_does_not_depend_on_row_order(sample):
     shuffled = sample.sample(frac=1, random_state=0).reset_index(drop=True)
-    for a, b in zip(splitting.sample_and_split(sample, 500, 0.2, 0.05, 7),
-                    splitting.sample_and_split(shuffled, 500, 0.2, 0.05, 7)):
+    for a, b in zip(
+        splitting.sample_and_split(sample, 500, 0.2, 0.05, 7), splitting.sample_and_split(shuffled, 500, 0.2, 0.05, 7)
+    ):
         pd.testing.assert_frame_equal(a, b)
 
 
-@pytest.mark.parametrize("n, test_fraction, val_fraction",
-                         [(5000, 0.2, 0.05), (1000, 0.25, 0.1), (101, 0.1, 0.3), (10, 0.5, 0.45), (3, 0.01, 0.01),
-                          (3, 0.9, 0.05)])
+@pytest.mark.parametrize(
+    "n, test_fraction, val_fraction",
+    [(5000, 0.2, 0.05), (1000, 0.25, 0.1), (101, 0.1, 0.3), (10, 0.5, 0.45), (3, 0.01, 0.01), (3, 0.9, 0.05)],
+)
 def test_split_sizes_and_no_shared_prompt(sample, n, test_fraction, val_fraction):
     splits = splitting.sample_and_split(sample, n, test_fraction, val_fraction, seed=1)
     sampled = min(n, len(sample))
@@ -80,19 +82,25 @@ def test_embedded_parquet_and_csv_give_the_same_split():
     for a, b in zip(split_p, split_c):
         pd.testing.assert_frame_equal(a, b)
     # A CSV cannot tell "" from a missing input, so only the fill count may differ.
-    assert {k: v for k, v in counts_p.items() if k != "filled_input"} == \
-        {k: v for k, v in counts_c.items() if k != "filled_input"}
+    assert {k: v for k, v in counts_p.items() if k != "filled_input"} == {
+        k: v for k, v in counts_c.items() if k != "filled_input"
+    }
     assert counts_p["rows_read"] == 1200 and counts_p["dropped_total"] > 0
-
 
 
 # ---------------------------------------------------------------- property: no prompt in two splits
 
 # Distinct prompts, and what can make two spellings of one of them look different.
 
+
 @settings(max_examples=50, deadline=None)
-@given(rows=prompt_rows(), n=st.integers(1, 10), test_fraction=st.floats(0.05, 0.6),
-       val_fraction=st.floats(0.05, 0.3), seed=st.integers(0, 2**32 - 1))
+@given(
+    rows=prompt_rows(),
+    n=st.integers(1, 10),
+    test_fraction=st.floats(0.05, 0.6),
+    val_fraction=st.floats(0.05, 0.3),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_split_never_puts_one_prompt_in_two_splits(rows, n, test_fraction, val_fraction, seed):
     frame = frame_of(*rows)
     distinct = set(keys_of(frame))
@@ -118,7 +126,6 @@ def test_a_case_sensitive_identity_would_leak(monkeypatch):
     assert leaks(*splitting.sample_and_split(frame, 100, 0.3, 0.2, seed=0))
 
 
-
 @pytest.mark.parametrize("fraction", [0, 1, -0.2, 1.5, "1e0"])
 def test_test_fraction_outside_zero_one_is_a_params_error(fraction):
     with pytest.raises(ParamsError, match=r"prepare.test_fraction must be in \(0, 1\)"):
@@ -126,13 +133,21 @@ def test_test_fraction_outside_zero_one_is_a_params_error(fraction):
     assert config.parse({"prepare": {"test_fraction": 0.2}}, ["prepare"]).prepare.test_fraction == 0.2
 
 
-@pytest.mark.parametrize("fractions, message", [
-    ({"val_fraction": 0}, r"prepare.val_fraction must be in \(0, 1\) \(training evaluates on the val split\), got 0$"),
-    ({"val_fraction": -0.1}, r"prepare.val_fraction must be in \(0, 1\) .*got -0.1$"),
-    ({"val_fraction": 1}, r"prepare.val_fraction must be in \(0, 1\) .*got 1$"),
-    ({"val_fraction": 0.5, "test_fraction": 0.5},
-     r"prepare.val_fraction \+ prepare.test_fraction must be < 1 \(the rest is train\), got 0.5 \+ 0.5$"),
-])
+@pytest.mark.parametrize(
+    "fractions, message",
+    [
+        (
+            {"val_fraction": 0},
+            r"prepare.val_fraction must be in \(0, 1\) \(training evaluates on the val split\), got 0$",
+        ),
+        ({"val_fraction": -0.1}, r"prepare.val_fraction must be in \(0, 1\) .*got -0.1$"),
+        ({"val_fraction": 1}, r"prepare.val_fraction must be in \(0, 1\) .*got 1$"),
+        (
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            r"prepare.val_fraction \+ prepare.test_fraction must be < 1 \(the rest is train\), got 0.5 \+ 0.5$",
+        ),
+    ],
+)
 def test_val_fraction_that_leaves_no_val_or_no_train_is_a_params_error(fractions, message):
     with pytest.raises(ParamsError, match=message):
         config.parse({"prepare": fractions}, ["prepare"])

@@ -16,8 +16,9 @@ def raw_rows(n: int) -> pd.DataFrame:
 
 
 def prompt_ids(tokenizer, conversation: dict) -> list[int]:
-    return list(tokenizer.apply_chat_template(conversation["prompt"], tokenize=True,
-                                              add_generation_prompt=True)["input_ids"])
+    return list(
+        tokenizer.apply_chat_template(conversation["prompt"], tokenize=True, add_generation_prompt=True)["input_ids"]
+    )
 
 
 def randomize(model, seed: int = 0):
@@ -28,4 +29,3 @@ def randomize(model, seed: int = 0):
             if weight.dim() == 2 and "embed" not in name:
                 weight.copy_(torch.randn(weight.shape, generator=gen) * (0.25 if "self_attn" in name else 0.1))
     return model
-

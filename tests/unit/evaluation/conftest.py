@@ -53,6 +53,7 @@ def prompts_of_six_lengths(tiny_tokenizer):
     # Interleaved so every batch of 4 mixes lengths (left padding differs row by row).
     return [picked[i] for i in (0, 5, 2, 3, 1, 4)]
 
+
 # Qwen2-0.5B-Instruct's generation_config.json: sampling settings a greedy evaluation must not inherit.
 QWEN_GENERATION = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
 
@@ -64,8 +65,11 @@ def qwen_configured_base(lively_base, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("qwen_configured")
     model = modeling.load_model(lively_base, "none")
-    model.generation_config = GenerationConfig(**QWEN_GENERATION, eos_token_id=model.generation_config.eos_token_id,
-                                               pad_token_id=model.generation_config.pad_token_id)
+    model.generation_config = GenerationConfig(
+        **QWEN_GENERATION,
+        eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=model.generation_config.pad_token_id,
+    )
     model.save_pretrained(out)
     modeling.load_tokenizer(lively_base).save_pretrained(out)
     return out

@@ -15,17 +15,33 @@ def test_compare_gives_flat_base_tuned_delta_keys():
     base = {"eval_loss": 2.0, "response_tokens": 10, "rougeL_f1": 0.25}
     tuned = {"eval_loss": 1.5, "response_tokens": 10, "rougeL_f1": 0.5, "chrf": 30.0}
     assert comparison.compare(base, tuned) == {
-        "base.chrf": None, "tuned.chrf": 30.0,  # no delta where one side lacks the metric
-        "base.eval_loss": 2.0, "tuned.eval_loss": 1.5, "delta.eval_loss": -0.5,
-        "base.response_tokens": 10, "tuned.response_tokens": 10, "delta.response_tokens": 0,
-        "base.rougeL_f1": 0.25, "tuned.rougeL_f1": 0.5, "delta.rougeL_f1": 0.25,
+        "base.chrf": None,
+        "tuned.chrf": 30.0,  # no delta where one side lacks the metric
+        "base.eval_loss": 2.0,
+        "tuned.eval_loss": 1.5,
+        "delta.eval_loss": -0.5,
+        "base.response_tokens": 10,
+        "tuned.response_tokens": 10,
+        "delta.response_tokens": 0,
+        "base.rougeL_f1": 0.25,
+        "tuned.rougeL_f1": 0.5,
+        "delta.rougeL_f1": 0.25,
     }
 
 
 def test_side_by_side_pairs_rows_and_refuses_other_rows():
     def outputs(rows, sampled=False):
-        return [{"row": r, "prompt": f"p{r}", "reference": f"r{r}", "greedy": f"g{r}", "stopped": True,
-                 **({"sampled": f"s{r}"} if sampled else {})} for r in rows]
+        return [
+            {
+                "row": r,
+                "prompt": f"p{r}",
+                "reference": f"r{r}",
+                "greedy": f"g{r}",
+                "stopped": True,
+                **({"sampled": f"s{r}"} if sampled else {}),
+            }
+            for r in rows
+        ]
 
     base, tuned = outputs([3, 7]), outputs([3, 7])
     for row in tuned:

@@ -11,9 +11,13 @@ import torch
 from finetune import config
 from finetune.evaluation import scoring, suite
 
-CHAT = [{"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What is APR?"}, {"role": "assistant", "content": "A yearly rate."},
-        {"role": "user", "content": "And APY?"}, {"role": "assistant", "content": "Compounded yearly."}]
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is APR?"},
+    {"role": "assistant", "content": "A yearly rate."},
+    {"role": "user", "content": "And APY?"},
+    {"role": "assistant", "content": "Compounded yearly."},
+]
 
 
 def frame(*rows):

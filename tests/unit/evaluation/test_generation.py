@@ -79,9 +79,16 @@ def test_greedy_ignores_the_models_generation_config(qwen_configured_base, tiny_
         for c in convs:
             text = tiny_tokenizer.apply_chat_template(c["prompt"], tokenize=False, add_generation_prompt=True)
             batch = tiny_tokenizer([text], return_tensors="pt", add_special_tokens=False)
-            out = model.generate(**batch, max_new_tokens=24, do_sample=False, top_p=None, top_k=None, temperature=None,
-                                 eos_token_id=chat_format.stop_token_ids(tiny_tokenizer, model.generation_config))
-            old.append(out[0, batch["input_ids"].shape[1]:].tolist())
+            out = model.generate(
+                **batch,
+                max_new_tokens=24,
+                do_sample=False,
+                top_p=None,
+                top_k=None,
+                temperature=None,
+                eos_token_id=chat_format.stop_token_ids(tiny_tokenizer, model.generation_config),
+            )
+            old.append(out[0, batch["input_ids"].shape[1] :].tolist())
     finally:
         tiny_tokenizer.padding_side = "right"
     new = [tiny_tokenizer(r["text"])["input_ids"] for r in got]
@@ -94,14 +101,23 @@ def test_settings_report_is_what_generate_uses(qwen_configured_base, tiny_tokeni
     generation_config says otherwise."""
     model = modeling.load_model(qwen_configured_base, "none")
     cfg = config.EvaluateParams(max_new_tokens=9, do_sample=do_sample, temperature=0.5, seed=4)
-    report = generation.settings_report(tiny_tokenizer, cfg, modeling.stop_token_ids(qwen_configured_base, tiny_tokenizer))
+    report = generation.settings_report(
+        tiny_tokenizer, cfg, modeling.stop_token_ids(qwen_configured_base, tiny_tokenizer)
+    )
     for prefix, sample in [("generation.", False)] + [("generation.sampled.", True)] * do_sample:
-        asked = generation.generation_config(max_new_tokens=9, eos_token_id=chat_format.stop_token_ids(tiny_tokenizer, model.generation_config),
-                                             pad_token_id=tiny_tokenizer.pad_token_id, do_sample=sample,
-                                             temperature=0.5)
+        asked = generation.generation_config(
+            max_new_tokens=9,
+            eos_token_id=chat_format.stop_token_ids(tiny_tokenizer, model.generation_config),
+            pad_token_id=tiny_tokenizer.pad_token_id,
+            do_sample=sample,
+            temperature=0.5,
+        )
         effective, _ = model._prepare_generation_config(asked)
-        settings = {k.removeprefix(prefix): v for k, v in report.items()
-                    if k.startswith(prefix) and "." not in k.removeprefix(prefix) and k != "generation.sampled.seed"}
+        settings = {
+            k.removeprefix(prefix): v
+            for k, v in report.items()
+            if k.startswith(prefix) and "." not in k.removeprefix(prefix) and k != "generation.sampled.seed"
+        }
         assert settings["repetition_penalty"] == 1.0 and settings["do_sample"] is sample
         assert settings["max_new_tokens"] == 9 and settings["num_beams"] == 1
         for key, value in settings.items():
@@ -131,8 +147,10 @@ def forced_replies(model, tokenizer, reply_length, filler="a"):
             forced[row, :, filler_id if state["step"] < reply_length(int(length)) else end_id] = 10.0
         return forced
 
-    hooks = [model.register_forward_pre_hook(before, with_kwargs=True),
-             model.get_output_embeddings().register_forward_hook(after)]
+    hooks = [
+        model.register_forward_pre_hook(before, with_kwargs=True),
+        model.get_output_embeddings().register_forward_hook(after),
+    ]
     try:
         yield
     finally:
@@ -160,7 +178,6 @@ def test_generation_without_end_of_turn_runs_to_max_new_tokens(tiny_model, tiny_
     with forced_replies(tiny_model, tiny_tokenizer, lambda n: 10**9):
         results = generation.generate(tiny_model, tiny_tokenizer, prompts_of_six_lengths, 4, 5)
     assert results == [{"text": "aaaaa", "tokens": 5, "stopped": False}] * 6
-
 
 
 def test_sample_indices_are_seeded_sorted_and_stable():

@@ -11,8 +11,12 @@ from finetune.evaluation import intervals, text_metrics
 def scored_rows(n: int = 200, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     tokens = rng.integers(5, 60, n)
-    return {"nll": (rng.gamma(2.0, 1.0, n) * tokens).tolist(), "entropy": (rng.random(n) * tokens).tolist(),
-            "correct": rng.binomial(tokens, 0.3).tolist(), "tokens": tokens.tolist()}
+    return {
+        "nll": (rng.gamma(2.0, 1.0, n) * tokens).tolist(),
+        "entropy": (rng.random(n) * tokens).tolist(),
+        "correct": rng.binomial(tokens, 0.3).tolist(),
+        "tokens": tokens.tolist(),
+    }
 
 
 def shifted(rows: dict, per_token: float, noise: float = 0.0, seed: int = 1) -> dict:
@@ -44,8 +48,10 @@ def test_a_fixed_shift_gives_an_interval_around_it():
 
 def test_the_interval_widens_with_noise():
     rows = scored_rows()
-    widths = [np.subtract(*intervals.paired(rows, shifted(rows, 0.1, noise), 1000, 0)["eval_loss"][2:0:-1])
-              for noise in (0.05, 0.2, 0.8)]
+    widths = [
+        np.subtract(*intervals.paired(rows, shifted(rows, 0.1, noise), 1000, 0)["eval_loss"][2:0:-1])
+        for noise in (0.05, 0.2, 0.8)
+    ]
     assert widths[0] < widths[1] < widths[2]
 
 
@@ -71,9 +77,12 @@ def test_chrf_from_summed_stats_is_sacrebleus_corpus_chrf():
     hyps = ["A bond is a loan.", "Shares are stocks.", "", "No, not at all."]
     answers = [{"text": h, "stopped": True, "tokens": 3} for h in hyps]
     rows = text_metrics.answer_rows(answers, refs)
-    assert intervals.chrf_from_stats(np.sum(rows["chrf_stats"], 0)) == pytest.approx(CHRF().corpus_score(hyps, [refs]).score)
+    assert intervals.chrf_from_stats(np.sum(rows["chrf_stats"], 0)) == pytest.approx(
+        CHRF().corpus_score(hyps, [refs]).score
+    )
     assert intervals.chrf_from_stats(np.sum(rows["chrf_stats"][:2], 0)) == pytest.approx(
-        CHRF().corpus_score(hyps[:2], [refs[:2]]).score)
+        CHRF().corpus_score(hyps[:2], [refs[:2]]).score
+    )
     found = intervals.paired(text_metrics.answer_rows(answers[::-1], refs), rows, 200, 0)
     assert {"chrf", "rougeL_f1", "exact_match", "stopped_fraction", "generated_tokens_mean"} == set(found)
 
@@ -109,8 +118,9 @@ def test_two_runs_pair_rows_by_key_and_count_the_unpaired():
     assert parts == {"scored": dropped}
     assert found["eval_loss"] == pytest.approx((-0.25, -0.25, -0.25))  # every paired row moved by exactly -0.25
     # Negative control: the same rows paired by position (as if keys were ignored) give no such interval.
-    by_position = intervals.paired({c: v[:38] for c, v in rows.items() if c != "key"},
-                                   {c: v[:38] for c, v in b.items() if c != "key"}, 500, 0)["eval_loss"]
+    by_position = intervals.paired(
+        {c: v[:38] for c, v in rows.items() if c != "key"}, {c: v[:38] for c, v in b.items() if c != "key"}, 500, 0
+    )["eval_loss"]
     assert by_position[2] - by_position[1] > 0.05
 
 
@@ -128,8 +138,11 @@ def test_a_repeated_key_is_dropped_and_counted_and_rows_without_keys_are_refused
 def test_the_verdict_says_no_detectable_difference_when_the_interval_contains_zero():
     rows = keyed(scored_rows(), [str(i) for i in range(200)])
     found, _ = intervals.compare_runs({"scored": rows}, {"scored": rows}, 500, 0)
-    assert intervals.verdict(*found["eval_loss"][1:], "main", "exp") == intervals.NO_DIFFERENCE == \
-        "no detectable difference"
+    assert (
+        intervals.verdict(*found["eval_loss"][1:], "main", "exp")
+        == intervals.NO_DIFFERENCE
+        == "no detectable difference"
+    )
     noisy = keyed(shifted(scored_rows(), 0.0, noise=0.3), rows["key"])
     _, low, high = intervals.compare_runs({"scored": rows}, {"scored": noisy}, 500, 0)[0]["eval_loss"]
     assert low < 0 < high and intervals.verdict(low, high) == "no detectable difference"

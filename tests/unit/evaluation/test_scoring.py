@@ -18,14 +18,18 @@ def test_batch_stats_and_summary_on_hand_computed_logits():
     ln = math.log
     p_a, p_b, p_c = [0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.2, 0.2, 0.6]
     decoy = [20.0, -20.0, 0.0]  # logits of unscored positions: would change every figure if read
-    logits = torch.tensor([
-        [decoy, [ln(p) for p in p_b], [ln(p) for p in p_a], decoy],
-        [[ln(p) for p in p_c], [ln(p) for p in p_a], decoy, decoy],
-    ])
-    labels = torch.tensor([
-        [-100, -100, 1, 2],     # prompt, prompt, response, response
-        [-100, 0, 0, -100],     # prompt, response, response, padding
-    ])
+    logits = torch.tensor(
+        [
+            [decoy, [ln(p) for p in p_b], [ln(p) for p in p_a], decoy],
+            [[ln(p) for p in p_c], [ln(p) for p in p_a], decoy, decoy],
+        ]
+    )
+    labels = torch.tensor(
+        [
+            [-100, -100, 1, 2],  # prompt, prompt, response, response
+            [-100, 0, 0, -100],  # prompt, response, response, padding
+        ]
+    )
     # logits[:, t] predicts labels[:, t + 1]:
     #   row 0: t=1 (p_b) -> 1, argmax 1, right; t=2 (p_a) -> 2, argmax 0, wrong
     #   row 1: t=0 (p_c) -> 0, argmax 2, wrong; t=1 (p_a) -> 0, argmax 0, right
@@ -43,7 +47,7 @@ def test_batch_stats_and_summary_on_hand_computed_logits():
 
     summary = scoring.summarize_stats(stats)
     assert summary["eval_loss"] == pytest.approx(ln(80) / 4, rel=1e-6)  # 2 * 4 * 5 * 2 = 80
-    assert summary["perplexity"] == pytest.approx(80 ** 0.25, rel=1e-6)
+    assert summary["perplexity"] == pytest.approx(80**0.25, rel=1e-6)
     assert summary["mean_token_accuracy"] == 0.5
     assert summary["entropy"] == pytest.approx((3 * h_ab + h_c) / 4, rel=1e-6)
     assert summary["response_tokens"] == 4
@@ -72,9 +76,12 @@ def naive_stats(logits, targets):
     """Independent reference: torch's cross-entropy, softmax entropy with 0 * log 0 taken as 0."""
     log_probs = torch.log_softmax(logits.double(), -1)
     probs = log_probs.exp()
-    return {"nll": torch.nn.functional.cross_entropy(logits.double(), targets, reduction="sum").item(),
-            "entropy": -(probs * log_probs.nan_to_num(neginf=0.0)).sum().item(),
-            "correct": int((logits.argmax(-1) == targets).sum()), "tokens": len(targets)}
+    return {
+        "nll": torch.nn.functional.cross_entropy(logits.double(), targets, reduction="sum").item(),
+        "entropy": -(probs * log_probs.nan_to_num(neginf=0.0)).sum().item(),
+        "correct": int((logits.argmax(-1) == targets).sum()),
+        "tokens": len(targets),
+    }
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 52, 53, 1000])
@@ -144,8 +151,7 @@ def test_pad_batch_pads_on_the_right_with_masked_labels():
 def test_response_metrics_does_not_depend_on_batch_size(tiny_model, tiny_tokenizer):
     conversations = chat_format.conversations(raw_rows(20))
     results = [scoring.response_metrics(tiny_model, tiny_tokenizer, conversations, bs, 512) for bs in (1, 3, 16)]
-    tokens = sum(sum(l != -100 for l in scoring.encode_example(tiny_tokenizer, c, 512)[1][1:])
-                 for c in conversations)
+    tokens = sum(sum(l != -100 for l in scoring.encode_example(tiny_tokenizer, c, 512)[1][1:]) for c in conversations)
     for result in results:
         assert result["response_tokens"] == results[0]["response_tokens"] == tokens
         for key in ("eval_loss", "mean_token_accuracy", "entropy"):
@@ -188,8 +194,7 @@ def full_logits_metrics(model, tokenizer, conversations, batch_size, max_length)
     total = {"nll": 0.0, "entropy": 0.0, "correct": 0, "tokens": 0}
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            batch = scoring.pad_batch([examples[i] for i in order[start : start + batch_size]],
-                                         tokenizer.pad_token_id)
+            batch = scoring.pad_batch([examples[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             for key, value in scoring.batch_stats(logits, batch["labels"]).items():
                 total[key] += value

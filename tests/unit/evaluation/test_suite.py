@@ -25,8 +25,18 @@ def test_evaluate_model_with_sampling_is_reproducible(lively_model, tiny_tokeniz
         assert set(o) == {"row", "prompt", "reference", "greedy", "stopped", "sampled"}
         assert o["reference"] == filled.loc[o["row"], "output"]
         assert o["prompt"] == chat_format.user_text(filled.loc[o["row"], "instruction"], filled.loc[o["row"], "input"])
-    assert set(metrics) == {"eval_loss", "perplexity", "mean_token_accuracy", "entropy", "response_tokens",
-                            "rougeL_f1", "chrf", "exact_match", "generated_tokens_mean", "stopped_fraction"}
+    assert set(metrics) == {
+        "eval_loss",
+        "perplexity",
+        "mean_token_accuracy",
+        "entropy",
+        "response_tokens",
+        "rougeL_f1",
+        "chrf",
+        "exact_match",
+        "generated_tokens_mean",
+        "stopped_fraction",
+    }
     assert any(o["sampled"] != o["greedy"] for o in outputs)
 
     chosen = [chat_format.conversations(test)[o["row"]] for o in outputs]
@@ -45,8 +55,9 @@ def test_row_keys_follow_the_prompt_and_reference_not_the_row_number(lively_mode
     test = raw_rows(6)
     cfg = config.EvaluateParams(batch_size=4, num_samples=3, max_new_tokens=2, seed=3)
     _, _, rows = suite.evaluate_rows(lively_model, tiny_tokenizer, test, cfg, 512)
-    _, _, reversed_rows = suite.evaluate_rows(lively_model, tiny_tokenizer, test.iloc[::-1].reset_index(drop=True),
-                                              cfg, 512)
+    _, _, reversed_rows = suite.evaluate_rows(
+        lively_model, tiny_tokenizer, test.iloc[::-1].reset_index(drop=True), cfg, 512
+    )
     keys = rows["scored"]["key"]
     assert len(set(keys)) == 6 and reversed_rows["scored"]["key"] == keys[::-1]  # same rows, same keys
     assert rows["answered"]["key"] == [keys[i] for i in rows["answered"]["row"]]

@@ -27,20 +27,25 @@ def test_curve_is_sorted_by_step_and_a_repeated_step_keeps_its_last_value():
     assert runs.parse_curve(text, "loss", "x.tsv") == [(1.0, 3.0), (3.0, 2.0), (6.0, 1.25)]
 
 
-@pytest.mark.parametrize("text, message", [
-    (tsv("loss", [(1, 2.0), (2, "nan?")]), "x.tsv: line 3: not a number"),
-    (tsv("accuracy", [(1, 2.0)]), "x.tsv: expected columns step and loss"),
-    ("", "x.tsv: expected columns step and loss"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (tsv("loss", [(1, 2.0), (2, "nan?")]), "x.tsv: line 3: not a number"),
+        (tsv("accuracy", [(1, 2.0)]), "x.tsv: expected columns step and loss"),
+        ("", "x.tsv: expected columns step and loss"),
+    ],
+)
 def test_a_bad_curve_file_names_the_file_and_line(text, message):
     with pytest.raises(DataError, match=re.escape(message)):
         runs.parse_curve(text, "loss", "x.tsv")
 
 
 def test_curves_read_train_and_eval_series_and_skip_absent_files():
-    files = {f"{LIVE}/loss.tsv": tsv("loss", [(1, 3.0), (2, 2.0)]),
-             f"{LIVE}/eval/loss.tsv": tsv("loss", [(2, 2.5)]),
-             f"{LIVE}/learning_rate.tsv": tsv("learning_rate", [(1, 1e-5)])}
+    files = {
+        f"{LIVE}/loss.tsv": tsv("loss", [(1, 3.0), (2, 2.0)]),
+        f"{LIVE}/eval/loss.tsv": tsv("loss", [(2, 2.5)]),
+        f"{LIVE}/learning_rate.tsv": tsv("learning_rate", [(1, 1e-5)]),
+    }
     curves = runs.read_curves(files.get, CURVES)
     assert curves["Loss"] == {"train": [(1.0, 3.0), (2.0, 2.0)], "eval": [(2.0, 2.5)]}
     assert curves["Learning rate"] == {"train": [(1.0, 1e-5)]}  # no eval series: none logged
@@ -48,10 +53,15 @@ def test_curves_read_train_and_eval_series_and_skip_absent_files():
 
 
 def test_metrics_read_flat_or_nested_and_a_missing_file_is_empty():
-    files = {"flat.json": '{"merged.eval_loss": 1.5, "tolerance": 0.001}',
-             "nested.json": '{"merged": {"eval_loss": 1.5}, "tolerance": 0.001}'}
-    assert runs.read_metrics(files.get, "flat.json") == runs.read_metrics(files.get, "nested.json") \
+    files = {
+        "flat.json": '{"merged.eval_loss": 1.5, "tolerance": 0.001}',
+        "nested.json": '{"merged": {"eval_loss": 1.5}, "tolerance": 0.001}',
+    }
+    assert (
+        runs.read_metrics(files.get, "flat.json")
+        == runs.read_metrics(files.get, "nested.json")
         == {"merged.eval_loss": 1.5, "tolerance": 0.001}
+    )
     assert runs.read_metrics(files.get, "absent.json") == {}
     with pytest.raises(DataError, match="bad.json: invalid JSON at line 1"):
         runs.read_metrics({"bad.json": "{"}.get, "bad.json")
@@ -68,13 +78,23 @@ def test_compare_table_has_both_runs_and_their_difference():
 
 def keyed_rows(nll: list[float]) -> dict:
     n = len(nll)
-    return {"scored": {"key": [f"k{i}" for i in range(n)], "row": list(range(n)), "nll": nll,
-                       "entropy": [1.0] * n, "correct": [1] * n, "tokens": [2] * n}}
+    return {
+        "scored": {
+            "key": [f"k{i}" for i in range(n)],
+            "row": list(range(n)),
+            "nll": nll,
+            "entropy": [1.0] * n,
+            "correct": [1] * n,
+            "tokens": [2] * n,
+        }
+    }
 
 
 def test_comparison_text_has_the_interval_the_verdict_and_the_seed_spread():
     a = runs.RunResults("main", {}, EVAL, {}, [])
-    seeds = [runs.RunResults(f"s{i}", {}, {**EVAL, "tuned.eval_loss": v}, {}, []) for i, v in enumerate([1.0, 1.5, 2.0])]
+    seeds = [
+        runs.RunResults(f"s{i}", {}, {**EVAL, "tuned.eval_loss": v}, {}, []) for i, v in enumerate([1.0, 1.5, 2.0])
+    ]
     same = runs.difference_of(a, a, keyed_rows([2.0, 4.0, 6.0]), keyed_rows([2.0, 4.0, 6.0]), seeds, 200, 0)
     assert same.spread["eval_loss"] == pytest.approx((0.5, 1.0, 3))
     text = "\n".join(runs.difference_lines(same))

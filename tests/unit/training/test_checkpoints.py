@@ -15,8 +15,9 @@ from finetune.training import checkpoints
 SETTINGS = {"lr": 1e-5, "train": {"max_steps": 12, "lora": {"r": 8}}}
 
 
-def make_checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), name: str | None = None,
-                    max_steps: int = 100, processes: int = 1) -> Path:
+def make_checkpoint(
+    root: Path, step: int, skip: tuple[str, ...] = (), name: str | None = None, max_steps: int = 100, processes: int = 1
+) -> Path:
     """A fake checkpoint-N with every file Trainer writes for `processes` processes (non-empty), minus `skip`."""
     path = root / (name or f"checkpoint-{step}")
     path.mkdir(parents=True)
@@ -27,8 +28,11 @@ def make_checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), name: str
             with zipfile.ZipFile(path / file, "w") as z:  # torch.save's format
                 z.writestr("data.pkl", b"x" * 64)
         elif file == checkpoints.TRAINER_STATE:
-            state = {"global_step": step, "max_steps": max_steps, "log_history": [{"step": s, "loss": 6.0 - s / 100, "num_tokens": 100 * s}
-                                                          for s in range(1, step + 1)]}
+            state = {
+                "global_step": step,
+                "max_steps": max_steps,
+                "log_history": [{"step": s, "loss": 6.0 - s / 100, "num_tokens": 100 * s} for s in range(1, step + 1)],
+            }
             (path / file).write_text(json.dumps(state))
         else:
             (path / file).write_bytes(b"x" * 16)
@@ -49,6 +53,7 @@ def inputs(tmp_path: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- fingerprint
 
+
 def test_fingerprint_is_stable(inputs):
     first = checkpoints.fingerprint(SETTINGS, inputs)
     assert first == checkpoints.fingerprint(json.loads(json.dumps(SETTINGS)), list(inputs))
@@ -58,12 +63,15 @@ def test_fingerprint_is_stable(inputs):
     assert checkpoints.fingerprint(SETTINGS, inputs) == first
 
 
-@pytest.mark.parametrize("change", [
-    {"lr": 2e-5},
-    {"train": {"max_steps": 13, "lora": {"r": 8}}},
-    {"train": {"max_steps": 12, "lora": {"r": 16}}},
-    {"extra": None},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lr": 2e-5},
+        {"train": {"max_steps": 13, "lora": {"r": 8}}},
+        {"train": {"max_steps": 12, "lora": {"r": 16}}},
+        {"extra": None},
+    ],
+)
 def test_fingerprint_changes_with_settings(inputs, change):
     assert checkpoints.fingerprint({**SETTINGS, **change}, inputs) != checkpoints.fingerprint(SETTINGS, inputs)
 
@@ -95,6 +103,7 @@ def test_fingerprint_depends_on_which_inputs(inputs):
 
 
 # ---------------------------------------------------------------- latest_complete
+
 
 def test_latest_complete_picks_highest_step_numerically(tmp_path):
     for step in (2, 9, 10):
@@ -142,8 +151,18 @@ def test_no_complete_checkpoint(tmp_path):
     assert "checkpoint-4" in messages and "adapter_model.safetensors" in messages
 
 
-@pytest.mark.parametrize("name", ["checkpoint-final", "checkpoint-12.tmp", "checkpoint-", "checkpoint-1e3",
-                                  "checkpoint--5", "xcheckpoint-12", "checkpoint-12-old"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "checkpoint-final",
+        "checkpoint-12.tmp",
+        "checkpoint-",
+        "checkpoint-1e3",
+        "checkpoint--5",
+        "xcheckpoint-12",
+        "checkpoint-12-old",
+    ],
+)
 def test_non_numeric_suffix_is_ignored(tmp_path, name):
     make_checkpoint(tmp_path, 4)
     make_checkpoint(tmp_path, 12, name=name)  # complete, newer-looking, but not Trainer's checkpoint-N
@@ -155,12 +174,14 @@ def test_non_numeric_suffix_is_ignored(tmp_path, name):
 
 # ---------------------------------------------------------------- several processes: one RNG state per rank
 
+
 def test_required_files_per_process_count():
     assert "rng_state.pth" in checkpoints.required_files(1)
     three = checkpoints.required_files(3)
     assert [n for n in three if n.startswith("rng_state")] == ["rng_state_0.pth", "rng_state_1.pth", "rng_state_2.pth"]
-    assert set(three) - {"rng_state_0.pth", "rng_state_1.pth", "rng_state_2.pth"} == \
-        set(checkpoints.REQUIRED_FILES) - {"rng_state.pth"}
+    assert set(three) - {"rng_state_0.pth", "rng_state_1.pth", "rng_state_2.pth"} == set(checkpoints.REQUIRED_FILES) - {
+        "rng_state.pth"
+    }
 
 
 @pytest.mark.parametrize("missing", ["rng_state_0.pth", "rng_state_1.pth"])
@@ -185,7 +206,7 @@ def test_rng_state_cut_short_is_incomplete(tmp_path, processes, name):
     newer = make_checkpoint(tmp_path, 8, processes=processes)
     assert checkpoints.is_complete(newer, processes)  # the whole archive passes
     whole = (newer / name).read_bytes()
-    (newer / name).write_bytes(whole[:len(whole) - 10])  # non-empty, but without its closing record
+    (newer / name).write_bytes(whole[: len(whole) - 10])  # non-empty, but without its closing record
     assert checkpoints.missing_files(newer, processes) == [f"{name} (truncated)"]
     with pytest.warns(UserWarning, match=rf"checkpoint-8.*{name} \(truncated\)"):
         assert checkpoints.latest_complete(tmp_path, processes=processes) == tmp_path / "checkpoint-4"
@@ -208,6 +229,7 @@ def test_step_of(tmp_path):
 
 
 # ---------------------------------------------------------------- resume_point
+
 
 def test_resume_point_first_run_stamps_directory(tmp_path):
     out = tmp_path / "checkpoints"
@@ -290,6 +312,7 @@ def test_resume_point_unstamped_checkpoints_are_cleared(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- dvclive rows of a killed run
+
 
 @pytest.mark.parametrize("summary", ["", '{"loss": 6.1, "st'])
 def test_rewind_live_removes_summary_cut_off_by_kill(tmp_path, summary):

@@ -13,18 +13,30 @@ import torch
 from finetune import config, modeling
 from finetune.training import sft
 
-CHAT = [{"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What is APR?"}, {"role": "assistant", "content": "A yearly rate."},
-        {"role": "user", "content": "And APY?"}, {"role": "assistant", "content": "Compounded."},
-        {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You are welcome."}]
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is APR?"},
+    {"role": "assistant", "content": "A yearly rate."},
+    {"role": "user", "content": "And APY?"},
+    {"role": "assistant", "content": "Compounded."},
+    {"role": "user", "content": "Thanks"},
+    {"role": "assistant", "content": "You are welcome."},
+]
 
 
 def trainer_batch(tiny_base, out_dir, rows, padding_free=True, **train_params):
     from trl import SFTTrainer
 
-    raw = {"train": {"eval_steps": 0, "batch_size": len(rows), "grad_accum": 1,
-                     "speed": {"padding_free": padding_free}, **train_params},
-           "model": {"quantization": "none"}}
+    raw = {
+        "train": {
+            "eval_steps": 0,
+            "batch_size": len(rows),
+            "grad_accum": 1,
+            "speed": {"padding_free": padding_free},
+            **train_params,
+        },
+        "model": {"quantization": "none"},
+    }
     p = config.parse(raw, ["lr", "prepare", "model", "train"])
     args = sft.sft_config(p, torch.float32)
     args.output_dir, args.eval_strategy = str(out_dir), "no"
@@ -32,8 +44,13 @@ def trainer_batch(tiny_base, out_dir, rows, padding_free=True, **train_params):
     frame = pd.DataFrame({"messages": [json.dumps(r) for r in rows]}, dtype="string")
     model = modeling.load_model(tiny_base, "none", torch.float32)
     targets = modeling.lora_targets(model, p.train.lora.target_modules)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft.dataset(frame, tokenizer, p.train.completion_only_loss),
-                         processing_class=tokenizer, peft_config=sft.lora_config(p.train, targets))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=sft.dataset(frame, tokenizer, p.train.completion_only_loss),
+        processing_class=tokenizer,
+        peft_config=sft.lora_config(p.train, targets),
+    )
     return next(iter(trainer.get_train_dataloader())), tokenizer
 
 

@@ -20,15 +20,19 @@ def train_params(**changes) -> config.TrainParams:
 
 # ---------------------------------------------------------------- the batch split, without a model
 
-@pytest.mark.parametrize("batch, accum, processes, expected", [
-    (2, 4, 1, (2, 4)),
-    (2, 4, 2, (2, 2)),   # the reference settings on 2 GPUs
-    (2, 4, 4, (2, 1)),
-    (2, 4, 8, (1, 1)),   # ... on 8: the per-device batch shrinks
-    (2, 1, 2, (1, 1)),
-    (4, 3, 2, (3, 2)),   # share 6: the largest batch <= 4 that divides it
-    (1, 4, 2, (1, 2)),
-])
+
+@pytest.mark.parametrize(
+    "batch, accum, processes, expected",
+    [
+        (2, 4, 1, (2, 4)),
+        (2, 4, 2, (2, 2)),  # the reference settings on 2 GPUs
+        (2, 4, 4, (2, 1)),
+        (2, 4, 8, (1, 1)),  # ... on 8: the per-device batch shrinks
+        (2, 1, 2, (1, 1)),
+        (4, 3, 2, (3, 2)),  # share 6: the largest batch <= 4 that divides it
+        (1, 4, 2, (1, 2)),
+    ],
+)
 def test_every_optimizer_step_keeps_the_effective_batch(batch, accum, processes, expected):
     t = train_params(batch_size=batch, grad_accum=accum, num_processes=processes)
     per_batch, per_accum = distributed.per_process_batch(t)
@@ -43,12 +47,15 @@ def test_sft_config_gets_the_per_process_split():
     assert settings.per_device_eval_batch_size == 2
 
 
-@pytest.mark.parametrize("changes, problem", [
-    ({"num_processes": 3}, "train.num_processes (3) must divide the effective batch"),  # 2 x 4 = 8
-    ({"num_processes": 3, "batch_size": 3, "grad_accum": 3}, None),                    # 9 = 3 x 3
-    ({"num_processes": 8}, None),
-    ({"num_processes": 0}, "train.num_processes must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "changes, problem",
+    [
+        ({"num_processes": 3}, "train.num_processes (3) must divide the effective batch"),  # 2 x 4 = 8
+        ({"num_processes": 3, "batch_size": 3, "grad_accum": 3}, None),  # 9 = 3 x 3
+        ({"num_processes": 8}, None),
+        ({"num_processes": 0}, "train.num_processes must be >= 1"),
+    ],
+)
 def test_process_count_must_divide_the_effective_batch(changes, problem):
     if problem is None:
         train_params(**changes)
@@ -57,14 +64,17 @@ def test_process_count_must_divide_the_effective_batch(changes, problem):
         train_params(**changes)
 
 
-@pytest.mark.parametrize("processes, cores, requested, expected", [
-    (2, 2, None, 1),   # this machine: no oversubscription
-    (1, 2, None, 2),
-    (2, 16, None, 8),
-    (2, 16, 4, 4),     # OMP_NUM_THREADS lower than the share is kept
-    (2, 2, 8, 1),      # ... but never raises it above the share
-    (4, 2, None, 1),
-])
+@pytest.mark.parametrize(
+    "processes, cores, requested, expected",
+    [
+        (2, 2, None, 1),  # this machine: no oversubscription
+        (1, 2, None, 2),
+        (2, 16, None, 8),
+        (2, 16, 4, 4),  # OMP_NUM_THREADS lower than the share is kept
+        (2, 2, 8, 1),  # ... but never raises it above the share
+        (4, 2, None, 1),
+    ],
+)
 def test_cpu_threads_share_the_cores(processes, cores, requested, expected):
     assert distributed.cpu_threads(processes, cores, requested) == expected
 
@@ -79,8 +89,9 @@ def test_launch_command_is_a_valid_accelerate_launch():
     assert args.module and args.training_script == "stages.train"
 
 
-@pytest.mark.parametrize("world_size, num_processes, ok", [(None, 1, True), ("2", 2, True), ("4", 2, False),
-                                                          ("1", 2, False)])
+@pytest.mark.parametrize(
+    "world_size, num_processes, ok", [(None, 1, True), ("2", 2, True), ("4", 2, False), ("1", 2, False)]
+)
 def test_a_launch_by_hand_must_match_params(monkeypatch, world_size, num_processes, ok):
     if world_size is None:
         monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -90,8 +101,11 @@ def test_a_launch_by_hand_must_match_params(monkeypatch, world_size, num_process
     if ok:
         distributed.check_process_count(t)
     else:
-        with pytest.raises(ParamsError, match=rf"train.num_processes is {num_processes}, but the launcher "
-                                                     rf"started {world_size} processes"):
+        with pytest.raises(
+            ParamsError,
+            match=rf"train.num_processes is {num_processes}, but the launcher "
+            rf"started {world_size} processes",
+        ):
             distributed.check_process_count(t)
 
 
@@ -126,7 +140,9 @@ def test_from_main_hands_the_main_process_result_and_exception_to_every_process(
     script = tmp_path / "from_main.py"
     script.write_text(FROM_MAIN)
     command = distributed.launch_command(2)
-    command[command.index("-m", 3):] = [str(script), str(tmp_path)]
-    helpers.run(command, cwd=helpers.REPO, timeout=180, extra_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(helpers.REPO)})
+    command[command.index("-m", 3) :] = [str(script), str(tmp_path)]
+    helpers.run(
+        command, cwd=helpers.REPO, timeout=180, extra_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(helpers.REPO)}
+    )
     assert [(tmp_path / f"outcome{rank}").read_text() for rank in (0, 1)] == ["raised: seen on process 0 only"] * 2
     assert [(tmp_path / f"value{rank}").read_text() for rank in (0, 1)] == ["0", "0"]

@@ -27,8 +27,13 @@ def make_trainer(tiny_base, out_dir, **train_params):
     args.output_dir, args.eval_strategy = str(out_dir), "no"
     frame = pd.read_parquet(REPO / paths.EMBEDDED_SAMPLE).head(EXAMPLES)
     model = modeling.load_model(tiny_base, "none", torch.float32)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft.dataset(frame),
-                         processing_class=modeling.load_tokenizer(tiny_base), peft_config=sft.lora_config(p.train, modeling.lora_targets(model, p.train.lora.target_modules)))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=sft.dataset(frame),
+        processing_class=modeling.load_tokenizer(tiny_base),
+        peft_config=sft.lora_config(p.train, modeling.lora_targets(model, p.train.lora.target_modules)),
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         for name, weight in trainer.model.named_parameters():
@@ -41,8 +46,10 @@ def make_trainer(tiny_base, out_dir, **train_params):
 @pytest.fixture(scope="module")
 def trainers(tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("packing")
-    made = {"default": make_trainer(tiny_base, out / "default"),
-            "reference": make_trainer(tiny_base, out / "reference", padding_free=False, labelled_logits_only=False)}
+    made = {
+        "default": make_trainer(tiny_base, out / "default"),
+        "reference": make_trainer(tiny_base, out / "reference", padding_free=False, labelled_logits_only=False),
+    }
     compat.labelled_logits_only(True)
     return made
 
@@ -113,8 +120,11 @@ def test_padding_free_logits_equal_each_example_run_alone(trainers, attention):
 # Negative controls: the same row of examples end to end, without what keeps them apart.
 BROKEN = {
     "plain concatenation": lambda b: {"input_ids": b["input_ids"]},
-    "positions restart, attention mask all ones": lambda b: {"input_ids": b["input_ids"], "position_ids": b["position_ids"],
-                                                            "attention_mask": torch.ones_like(b["input_ids"])},
+    "positions restart, attention mask all ones": lambda b: {
+        "input_ids": b["input_ids"],
+        "position_ids": b["position_ids"],
+        "attention_mask": torch.ones_like(b["input_ids"]),
+    },
 }
 
 
@@ -155,7 +165,7 @@ def loss_alone(model, batches: list[dict]) -> float:
             labels = batch["labels"][0]
             for start, end in segments(batch):
                 logits = model(input_ids=batch["input_ids"][:, start:end]).logits[0, :-1]
-                target = labels[start + 1:end]
+                target = labels[start + 1 : end]
                 nll += torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
                 tokens += int((target != -100).sum())
     return nll / tokens
@@ -183,8 +193,9 @@ def test_plain_concatenation_changes_the_loss(trainers):
     plain = [{"input_ids": b["input_ids"], "labels": b["labels"]} for b in batches]
     num_items = trainer._get_num_items_in_batch(batches, torch.device("cpu"))
     with torch.no_grad():
-        concatenated = sum(trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=num_items).item()
-                           for b in plain)
+        concatenated = sum(
+            trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=num_items).item() for b in plain
+        )
     assert abs(concatenated - loss_alone(trainer.model, batches)) > 1e-3
 
 
@@ -194,8 +205,11 @@ def scored_rows(trainer, batch: dict, monkeypatch) -> int:
 
     rows = []
     apply = utils._ChunkedLogProbFunction.apply
-    monkeypatch.setattr(utils._ChunkedLogProbFunction, "apply",
-                        lambda hidden, *args: rows.append(hidden.shape[0]) or apply(hidden, *args))
+    monkeypatch.setattr(
+        utils._ChunkedLogProbFunction,
+        "apply",
+        lambda hidden, *args: rows.append(hidden.shape[0]) or apply(hidden, *args),
+    )
     with torch.no_grad():
         trainer.compute_loss(trainer.model, dict(batch))
     monkeypatch.undo()

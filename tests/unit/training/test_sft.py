@@ -12,7 +12,9 @@ from finetune.training import sft
 
 
 def test_sft_config_maps_the_reference_hyperparameters():
-    p = config.parse({"train": {"speed": {"padding_free": False}}}, ["lr", "prepare", "train"])  # default: test_packing.py
+    p = config.parse(
+        {"train": {"speed": {"padding_free": False}}}, ["lr", "prepare", "train"]
+    )  # default: test_packing.py
     settings = sft.sft_config(p, torch.float32)
     assert (settings.learning_rate, settings.num_train_epochs) == (1e-5, 2)
     assert (settings.per_device_train_batch_size, settings.gradient_accumulation_steps) == (2, 4)
@@ -26,7 +28,8 @@ def test_optimizer_names_are_checked_by_transformers_with_a_params_message():
     with pytest.raises(ParamsError) as error:
         sft.checked_sft_config(p, torch.float32)
     assert str(error.value).splitlines()[1].strip() == (
-        "train.optim must be one of transformers' optimizer names, got 'adamw_8bitt' (did you mean adamw_8bit?)")
+        "train.optim must be one of transformers' optimizer names, got 'adamw_8bitt' (did you mean adamw_8bit?)"
+    )
     sft.checked_sft_config(config.parse({}, ["lr", "prepare", "train"]), torch.float32)  # the default is valid
 
 
@@ -68,7 +71,9 @@ def test_liger_kernel_auto_is_off_without_a_gpu():
 
 @pytest.mark.parametrize("value", ["auto", True, False])
 def test_use_liger_kernel_takes_auto_true_or_false(value):
-    assert config.parse({"train": {"speed": {"use_liger_kernel": value}}}, ["train"]).train.speed.use_liger_kernel == value
+    assert (
+        config.parse({"train": {"speed": {"use_liger_kernel": value}}}, ["train"]).train.speed.use_liger_kernel == value
+    )
 
 
 @pytest.mark.parametrize("value", ["maybe", "True", 1, None])
@@ -84,17 +89,29 @@ def tokenized_completions(directory, template: str | None = None) -> tuple[objec
 
     from finetune import modeling
 
-    p = config.parse({"train": {"eval_steps": 0}, "model": {"quantization": "none"}}, ["lr", "prepare", "model", "train"])
+    p = config.parse(
+        {"train": {"eval_steps": 0}, "model": {"quantization": "none"}}, ["lr", "prepare", "model", "train"]
+    )
     args = sft.sft_config(p, torch.float32)
     args.output_dir, args.eval_strategy, args.report_to = str(directory / "out"), "no", "none"
     tokenizer = modeling.load_tokenizer(directory)
     if template is not None:
         tokenizer.chat_template = template
     model = modeling.load_model(directory, "none")
-    frame = pd.DataFrame({"instruction": ["What is a bond?", "Define APR."], "input": ["", "Loans."],
-                          "output": ["A loan.", "The yearly cost."]})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=sft.dataset(frame), processing_class=tokenizer,
-                         peft_config=sft.lora_config(p.train, modeling.lora_targets(model, "all-linear")))
+    frame = pd.DataFrame(
+        {
+            "instruction": ["What is a bond?", "Define APR."],
+            "input": ["", "Loans."],
+            "output": ["A loan.", "The yearly cost."],
+        }
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=sft.dataset(frame),
+        processing_class=tokenizer,
+        peft_config=sft.lora_config(p.train, modeling.lora_targets(model, "all-linear")),
+    )
     labelled = [[label for label in row["labels"] if label != -100] for row in trainer.train_dataset]
     return tokenizer, labelled
 
@@ -112,7 +129,9 @@ def test_training_labels_end_with_the_familys_end_of_turn(family_dir, name):
 
 def test_a_template_without_end_of_turn_leaves_none_to_learn(family_dir):
     """Negative control: the same check fails where the template ends a turn with plain text."""
-    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}" \
-            "{% if add_generation_prompt %}assistant: {% endif %}"
+    plain = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     tokenizer, labelled = tokenized_completions(family_dir("llama3"), plain)
     assert all(tokenizer.convert_tokens_to_ids("<|eot_id|>") not in ids for ids in labelled)
