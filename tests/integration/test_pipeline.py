@@ -190,6 +190,33 @@ def test_rerun_writes_the_same_bytes(reproduced, name):
         restore(project)
 
 
+def test_whole_pipeline_rerun_writes_the_same_bytes(reproduced, tmp_path):
+    """`dvc repro -f` of every stage writes every file git keeps (metrics, plots, report.html) byte for byte
+    but train_speed.json, every dvc.lock entry (the hashes of models and data) and the model card.
+
+    Negative controls: each compared file in git was rewritten (a file left alone would pass unseen; the card
+    needs no such check: DVC removes merge's outputs before it runs, then links the new card to the cache
+    object of the same bytes, which keeps its old mtime), and the same diff sees train_speed.json, which
+    does vary."""
+    project = copy_repo(reproduced[0], tmp_path)
+    card = project / "models/merged/README.md"
+    card_bytes, lock = card.read_bytes(), {name: lock_entry(project, name) for name in ALL_STAGES}
+    kept = run(["git", "ls-files", "metrics"], cwd=project).stdout.split()
+    assert {"metrics/report.html", "metrics/eval.json", "metrics/generation.json"} <= set(kept)
+    written = {path: (project / path).stat().st_mtime_ns for path in kept}
+    shutil.rmtree(project / "models/checkpoints")  # a fresh training run, not a resumed one
+    rerun = dvc("repro", "-f", cwd=project)
+    assert ran(rerun.stdout) == ALL_STAGES
+    diff = run(["git", "diff", "--exit-code", "--stat", "--", ".", *[f":(exclude){v}" for v in VARYING],
+                ":(exclude)dvc.lock"], cwd=project, check=False)
+    assert diff.returncode == 0, diff.stdout
+    assert {name: lock_entry(project, name) for name in ALL_STAGES} == lock
+    assert card.read_bytes() == card_bytes
+    unwritten = [p for p, t in written.items() if (project / p).stat().st_mtime_ns == t and p not in VARYING]
+    assert not unwritten, f"not rewritten by the rerun: {unwritten}"
+    assert run(["git", "diff", "--quiet", "--", *VARYING], cwd=project, check=False).returncode == 1
+
+
 # ---------------------------------------------------------------- evaluate refuses a base made otherwise
 
 EVALUATE_WRITES = ["metrics/eval.json", "metrics/samples.jsonl", "metrics/samples.json", "metrics/generation.json",
