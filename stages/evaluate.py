@@ -13,15 +13,18 @@ def main() -> None:
     tokenizer = modeling.load_tokenizer(paths.BASE_DIR)
     base = files.read_json(paths.BASE_RESULTS)
     stop_ids = modeling.stop_token_ids(paths.BASE_DIR, tokenizer)
-    settings = comparison.same_generation(
+    # Refused before any model loads when the settings to be used differ; checked again on those measured.
+    comparison.same_generation(
         base.get("generation", {}), generation.settings_report(tokenizer, p.evaluate, stop_ids), paths.BASE_RESULTS
     )
     model = modeling.load_tuned(
         paths.BASE_DIR, paths.ADAPTER_DIR, p.model.quantization, dtype, expected_base=p.model.base
     )
+    used = {}  # the settings of the GenerationConfig passed to model.generate()
     tuned, outputs, rows = suite.evaluate_rows(
-        model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate, p.prepare.max_length, stop_ids
+        model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate, p.prepare.max_length, stop_ids, used=used
     )
+    settings = comparison.same_generation(base["generation"], used, paths.BASE_RESULTS)
     samples = comparison.side_by_side(base["outputs"], outputs, paths.BASE_RESULTS)
     metrics = comparison.compare(base["metrics"], tuned)
     base_rows = comparison.same_rows(base.get("rows"), rows, paths.BASE_RESULTS)

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from finetune import config, errors, files, modeling, paths
-from finetune.evaluation import generation, suite
+from finetune.evaluation import suite
 
 
 def main() -> None:
@@ -12,10 +12,10 @@ def main() -> None:
     tokenizer = modeling.load_tokenizer(paths.BASE_DIR)
     stop_ids = modeling.stop_token_ids(paths.BASE_DIR, tokenizer)  # the template's end of turn, eos, the model's
     model = modeling.load_model(paths.BASE_DIR, p.model.quantization, dtype)
+    settings = {}  # as captured at model.generate()
     metrics, outputs, rows = suite.evaluate_rows(
-        model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate, p.prepare.max_length, stop_ids
+        model, tokenizer, pd.read_parquet(paths.TEST_DATA), p.evaluate, p.prepare.max_length, stop_ids, used=settings
     )
-    settings = generation.settings_report(tokenizer, p.evaluate, stop_ids)
     files.write_json(paths.BASE_RESULTS, {"metrics": metrics, "outputs": outputs, "generation": settings, "rows": rows})
     print(
         f"evaluate_base: loss {metrics['eval_loss']:.4f}, accuracy {metrics['mean_token_accuracy']:.3f} "

@@ -69,9 +69,14 @@ def generate(
     temperature: float = 1.0,
     seed: int = 0,
     stop_ids: list[int] | None = None,
+    used: dict | None = None,
 ) -> list[dict]:
     """Responses for the prompts of `conversations`: left-padded batches, KV cache, stop at an end token
-    (`stop_ids`; default: chat_format.stop_token_ids of the tokenizer and the model's generation_config)."""
+    (`stop_ids`; default: chat_format.stop_token_ids of the tokenizer and the model's generation_config).
+
+    `used`, when given, is filled with the settings of the GenerationConfig passed to model.generate(), read
+    from that object at the call (passed_settings), and the seed when sampling: a record of what ran, not of
+    what generation_settings describes."""
     model.eval()
     end_ids = stop_ids if stop_ids is not None else chat_format.stop_token_ids(tokenizer, model.generation_config)
     config = generation_config(
@@ -92,6 +97,8 @@ def generate(
         batch = prompt_batch(tokenizer, conversations[start : start + batch_size], device)
         if do_sample:
             torch.manual_seed(seed + start)
+        if used is not None:
+            used.update(passed_settings(config), **({"seed": seed} if do_sample else {}))
         output = model.generate(**batch, generation_config=config)
         for row in output[:, batch["input_ids"].shape[1] :].tolist():
             end = next((i for i, token in enumerate(row) if token in end_ids), None)
@@ -101,6 +108,19 @@ def generate(
                 {"text": tokenizer.decode(tokens, skip_special_tokens=True), "tokens": len(tokens), "stopped": stopped}
             )
     return results
+
+
+def passed_settings(config) -> dict:
+    """The fields set on a GenerationConfig (every one that differs from transformers' defaults), JSON-ready."""
+    return {k: v for k, v in sorted(config.to_diff_dict().items()) if k != "transformers_version"}
+
+
+def flat_report(greedy: dict, sampled: dict | None = None) -> dict:
+    """generate()'s `used` records of the greedy (and sampled) answers as flat generation.* keys, as
+    metrics/generation.json and data/eval/base.json keep them."""
+    return {f"generation.{k}": v for k, v in greedy.items()} | {
+        f"generation.sampled.{k}": v for k, v in (sampled or {}).items()
+    }
 
 
 def prompt_batch(tokenizer, conversations: list[dict], device):
@@ -113,8 +133,10 @@ def prompt_batch(tokenizer, conversations: list[dict], device):
 
 
 def settings_report(tokenizer, cfg, stop_ids: list[int]) -> dict:
-    """How evaluate_model's answers were produced, every knob, as flat generation.* keys
-    (generation.sampled.* too when evaluate.do_sample); `stop_ids` as chat_format.stop_token_ids gives them."""
+    """How evaluate_model's answers will be produced, every knob, as flat generation.* keys
+    (generation.sampled.* too when evaluate.do_sample); `stop_ids` as chat_format.stop_token_ids gives them.
+    A description, for refusing a mismatched base result before any model is loaded; what is written is
+    suite.evaluate_rows' `used`, measured at the call."""
     ends, pad = stop_ids, tokenizer.pad_token_id
     report = {f"generation.{k}": v for k, v in generation_settings(cfg.max_new_tokens, ends, pad).items()}
     if cfg.do_sample:

@@ -20,11 +20,20 @@ def evaluate_model(
 
 
 def evaluate_rows(
-    model, tokenizer, test: pd.DataFrame, cfg, max_length: int, stop_ids: list[int] | None = None
+    model,
+    tokenizer,
+    test: pd.DataFrame,
+    cfg,
+    max_length: int,
+    stop_ids: list[int] | None = None,
+    used: dict | None = None,
 ) -> tuple[dict, list[dict], dict]:
     """evaluate_model, and the per-row results the metrics are made of (for intervals.paired):
     {"scored": every test row's token sums, "answered": each sampled prompt's answer scores; "row": test row numbers,
-    "key": row_key of each row, which pairs the rows of two runs (report --compare)}."""
+    "key": row_key of each row, which pairs the rows of two runs (report --compare)}.
+
+    `used`, when given, is filled with the generation settings the answers were made with, as captured at
+    model.generate() (generation.flat_report keys: generation.*, generation.sampled.*)."""
     conversations = chat_format.conversations(test)
     keys = [row_key(c) for c in conversations]
     scored = scoring.response_rows(model, tokenizer, conversations, cfg.batch_size, max_length)
@@ -32,7 +41,10 @@ def evaluate_rows(
     picked = generation.sample_indices(len(conversations), cfg.num_samples, cfg.seed)
     chosen = [conversations[i] for i in picked]
     references = [c["completion"][0]["content"] for c in chosen]
-    greedy = generation.generate(model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens, stop_ids=stop_ids)
+    greedy_used, sampled_used = {}, {}
+    greedy = generation.generate(
+        model, tokenizer, chosen, cfg.batch_size, cfg.max_new_tokens, stop_ids=stop_ids, used=greedy_used
+    )
     metrics.update(text_metrics.answer_metrics(greedy, references))
     answered = {"row": list(picked), "key": [keys[i] for i in picked], **text_metrics.answer_rows(greedy, references)}
     sampled = (
@@ -46,10 +58,13 @@ def evaluate_rows(
             cfg.temperature,
             cfg.seed,
             stop_ids=stop_ids,
+            used=sampled_used,
         )
         if cfg.do_sample
         else [None] * len(chosen)
     )
+    if used is not None:
+        used.update(generation.flat_report(greedy_used, sampled_used))
     outputs = [
         # prompt: the last turn before the answer (a conversation's history is longer; an Alpaca prompt is one turn)
         {

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import dvc, local_model_params, run, write_params
+from helpers import dvc, local_model_params, run, stage, write_params
 
 ALL_STAGES = {"check_params", "ingest", "base", "prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
 DOWNSTREAM_OF_BASE = {"prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
@@ -190,6 +190,78 @@ def test_rerun_writes_the_same_bytes(reproduced, name):
             assert (project / "metrics/train_live/plots/metrics/loss.tsv").is_file()
     finally:
         restore(project)
+
+
+def test_whole_pipeline_rerun_writes_the_same_bytes(reproduced, tmp_path):
+    """`dvc repro -f` of every stage writes every file git keeps (metrics, plots, report.html) byte for byte
+    but train_speed.json, every dvc.lock entry (the hashes of models and data) and the model card.
+
+    Negative controls: each compared file in git was rewritten (a file left alone would pass unseen; the card
+    needs no such check: DVC removes merge's outputs before it runs, then links the new card to the cache
+    object of the same bytes, which keeps its old mtime), and the same diff sees train_speed.json, which
+    does vary."""
+    project = copy_repo(reproduced[0], tmp_path)
+    card = project / "models/merged/README.md"
+    card_bytes, lock = card.read_bytes(), {name: lock_entry(project, name) for name in ALL_STAGES}
+    kept = run(["git", "ls-files", "metrics"], cwd=project).stdout.split()
+    assert {"metrics/report.html", "metrics/eval.json", "metrics/generation.json"} <= set(kept)
+    written = {path: (project / path).stat().st_mtime_ns for path in kept}
+    shutil.rmtree(project / "models/checkpoints")  # a fresh training run, not a resumed one
+    rerun = dvc("repro", "-f", cwd=project)
+    assert ran(rerun.stdout) == ALL_STAGES
+    diff = run(
+        ["git", "diff", "--exit-code", "--stat", "--", ".", *[f":(exclude){v}" for v in VARYING], ":(exclude)dvc.lock"],
+        cwd=project,
+        check=False,
+    )
+    assert diff.returncode == 0, diff.stdout
+    assert {name: lock_entry(project, name) for name in ALL_STAGES} == lock
+    assert card.read_bytes() == card_bytes
+    unwritten = [p for p, t in written.items() if (project / p).stat().st_mtime_ns == t and p not in VARYING]
+    assert not unwritten, f"not rewritten by the rerun: {unwritten}"
+    assert run(["git", "diff", "--quiet", "--", *VARYING], cwd=project, check=False).returncode == 1
+
+
+# ---------------------------------------------------------------- evaluate refuses a base made otherwise
+
+EVALUATE_WRITES = [
+    "metrics/eval.json",
+    "metrics/samples.jsonl",
+    "metrics/samples.json",
+    "metrics/generation.json",
+    "data/eval/rows.json",
+]
+
+
+@pytest.mark.parametrize("edited", [True, False])
+def test_evaluate_refuses_a_base_made_with_other_settings(reproduced, tmp_path, edited):
+    """stages.evaluate with a data/eval/base.json whose generation block says repetition_penalty 1.3: exit 1,
+    the file named, nothing written (evaluate's outputs are removed first, so a write of the same bytes shows).
+
+    Negative control (edited=False): the base.json as evaluate_base wrote it; the stage writes every output."""
+    project = copy_repo(reproduced[0], tmp_path)
+    base_path = project / "data/eval/base.json"
+    base = json.loads(base_path.read_text())
+    assert base["generation"]["generation.repetition_penalty"] == 1.0
+    if edited:
+        base["generation"]["generation.repetition_penalty"] = 1.3
+        base_path.unlink()  # a DVC output: replaced, not edited in place
+        base_path.write_text(json.dumps(base))
+    for path in EVALUATE_WRITES:
+        (project / path).unlink()
+    result = stage("evaluate", project, check=False)
+    written = [path for path in EVALUATE_WRITES if (project / path).exists()]
+    if edited:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert (
+            "evaluate: error: data/eval/base.json was generated with other settings (generation.repetition_penalty)"
+            in result.stderr
+        )
+        assert written == []
+    else:
+        assert result.returncode == 0, result.stderr
+        assert written == EVALUATE_WRITES
+        assert json.loads((project / "metrics/generation.json").read_text()) == base["generation"]
 
 
 # ---------------------------------------------------------------- a fresh clone can compare

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from finetune import chat_format, config, modeling
-from finetune.evaluation import generation
+from finetune.errors import DataError
+from finetune.evaluation import comparison, generation, suite
 
-from .common import prompt_ids
+from .common import prompt_ids, raw_rows
 
 
 def greedy_without_cache(model, tokenizer, conversation, max_new_tokens):
@@ -125,6 +126,98 @@ def test_settings_report_is_what_generate_uses(qwen_configured_base, tiny_tokeni
         if sample:
             assert (effective.temperature, effective.top_k, effective.top_p) == (0.5, 0, 1.0)
     assert ("generation.sampled.seed" in report) is do_sample
+
+
+@contextlib.contextmanager
+def configs_seen_by_generate(model):
+    """A copy of the GenerationConfig each model.generate() call receives, taken inside the call."""
+    import copy
+
+    seen, original = [], model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(copy.deepcopy(kwargs["generation_config"]))
+        return original(*args, **kwargs)
+
+    model.generate = spy
+    try:
+        yield seen
+    finally:
+        del model.generate
+
+
+def assert_report_is(report: dict, prefix: str, seen: list) -> None:
+    """Every field of every config generate() saw that is set (differs from a fresh GenerationConfig) is in the
+    report under `prefix` with the value generate() saw, and the report holds no other field."""
+    from transformers import GenerationConfig
+
+    default = GenerationConfig()
+    reported = {
+        k.removeprefix(prefix): v
+        for k, v in report.items()
+        if k.startswith(prefix) and "." not in k.removeprefix(prefix) and k != "generation.sampled.seed"
+    }
+    assert seen
+    for passed in seen:
+        fields = {k for k in vars(passed) if not k.startswith("_") and k != "transformers_version"}
+        set_fields = {k for k in fields if getattr(passed, k) != getattr(default, k, None)}
+        assert set(reported) - fields == set(), "reported knobs generate() was not given"
+        assert set_fields <= set(reported), f"set on the config, not reported: {set_fields - set(reported)}"
+        assert {k: getattr(passed, k) for k in reported} == reported
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_generation_report_is_the_config_passed_to_generate(lively_model, tiny_tokenizer, do_sample):
+    """suite.evaluate_rows' `used` (what stages.evaluate writes to metrics/generation.json and evaluate_base to
+    base.json) is the GenerationConfig model.generate() received, greedy and sampled."""
+    cfg = config.EvaluateParams(
+        batch_size=2, num_samples=3, max_new_tokens=5, do_sample=do_sample, temperature=0.5, seed=4
+    )
+    used = {}
+    with configs_seen_by_generate(lively_model) as seen:
+        suite.evaluate_rows(lively_model, tiny_tokenizer, raw_rows(6), cfg, 512, used=used)
+    assert len(seen) == 2 * (1 + do_sample)  # 3 prompts in batches of 2, once per mode
+    assert_report_is(used, "generation.", seen[:2])
+    assert (used["generation.do_sample"], used["generation.max_new_tokens"], used["generation.num_beams"]) == (
+        False,
+        5,
+        1,
+    )
+    if do_sample:
+        assert_report_is(used, "generation.sampled.", seen[2:])
+        assert (used["generation.sampled.do_sample"], used["generation.sampled.temperature"]) == (True, 0.5)
+        assert used["generation.sampled.seed"] == 4
+    else:
+        assert not any(k.startswith("generation.sampled.") for k in used)
+    # The description stages.evaluate checks base.json against before loading a model is what was measured.
+    stop_ids = chat_format.stop_token_ids(tiny_tokenizer, lively_model.generation_config)
+    assert generation.settings_report(tiny_tokenizer, cfg, stop_ids) == used
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_a_report_unlike_the_config_passed_is_caught(lively_model, tiny_tokenizer, monkeypatch, do_sample):
+    """Negative control: the settings change after the report was made (generate() is passed a repetition
+    penalty): the described report fails assert_report_is, the measured one does not, and stages.evaluate's
+    check of the measured settings against a base made with the described ones refuses."""
+    cfg = config.EvaluateParams(
+        batch_size=2, num_samples=3, max_new_tokens=5, do_sample=do_sample, temperature=0.5, seed=4
+    )
+    stop_ids = chat_format.stop_token_ids(tiny_tokenizer, lively_model.generation_config)
+    described = generation.settings_report(tiny_tokenizer, cfg, stop_ids)
+    original = generation.generation_settings
+    monkeypatch.setattr(
+        generation, "generation_settings", lambda *a, **k: {**original(*a, **k), "repetition_penalty": 1.3}
+    )
+    used = {}
+    with configs_seen_by_generate(lively_model) as seen:
+        suite.evaluate_rows(lively_model, tiny_tokenizer, raw_rows(6), cfg, 512, used=used)
+    assert_report_is(used, "generation.", seen[:2])
+    assert used["generation.repetition_penalty"] == 1.3
+    for prefix, calls in [("generation.", seen[:2])] + [("generation.sampled.", seen[2:])] * do_sample:
+        with pytest.raises(AssertionError):
+            assert_report_is(described, prefix, calls)
+    with pytest.raises(DataError, match="repetition_penalty"):
+        comparison.same_generation(described, used, "data/eval/base.json")
 
 
 @contextlib.contextmanager
