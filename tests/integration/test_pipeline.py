@@ -14,8 +14,19 @@ import yaml
 
 from helpers import dvc, local_model_params, run, stage, write_params
 
-ALL_STAGES = {"check_params", "ingest", "base", "prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
-DOWNSTREAM_OF_BASE = {"prepare", "train", "evaluate_base", "evaluate", "merge", "report"}
+ALL_STAGES = {
+    "check_params",
+    "ingest",
+    "base",
+    "prepare",
+    "train",
+    "evaluate_base",
+    "evaluate",
+    "merge",
+    "export",
+    "report",
+}
+DOWNSTREAM_OF_BASE = {"prepare", "train", "evaluate_base", "evaluate", "merge", "export", "report"}
 UP_TO_DATE = {}  # `dvc status --json` when nothing would run
 
 
@@ -100,7 +111,9 @@ def test_second_repro_is_a_no_op(reproduced):
 def test_lr_experiment_reruns_only_what_lr_touches(reproduced):
     project, _ = reproduced
     experiment = dvc("exp", "run", "-S", "lr=2e-5", cwd=project)
-    assert ran(experiment.stdout) == {"check_params", "train", "evaluate", "merge", "report"}, experiment.stdout
+    assert ran(experiment.stdout) == {"check_params", "train", "evaluate", "merge", "export", "report"}, (
+        experiment.stdout
+    )
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     changed = diff["metrics/eval.json"]
     assert "tuned.eval_loss" in changed and changed["tuned.eval_loss"]["diff"] != 0
@@ -115,7 +128,7 @@ def test_evaluate_param_reruns_evaluation_and_what_reports_it(reproduced):
     write_params(project, {"evaluate": {"max_new_tokens": 6}})
     result = dvc("repro", cwd=project)
     # merge too: the model card carries the evaluation's metrics
-    assert ran(result.stdout) == {"check_params", "evaluate_base", "evaluate", "merge", "report"}
+    assert ran(result.stdout) == {"check_params", "evaluate_base", "evaluate", "merge", "export", "report"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     assert any(key.endswith("generated_tokens_mean") for key in diff.get("metrics/eval.json", {}))
     restore(project)
