@@ -111,3 +111,14 @@ def prompt_rows(draw) -> list[tuple]:
         instruction, input_text = draw(st.sampled_from(BASES))
         rows.append((draw(variant(instruction)), draw(variant(input_text)), draw(st.sampled_from(["A.", "B.", "C."]))))
     return rows
+
+
+def chatml_assistant_mask(tokenizer, messages) -> list[int]:
+    """Independent of chat_format: ChatML spelled out turn by turn; an assistant turn's text, <|im_end|> and
+    newline are labelled (the tiny tokenizer splits at special tokens, so pieces tokenize as the whole does)."""
+    mask = []
+    for t in messages:
+        head = tokenizer(f"<|im_start|>{t['role']}\n", add_special_tokens=False)["input_ids"]
+        body = tokenizer(f"{t['content']}<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        mask += [0] * len(head) + [int(t["role"] == "assistant")] * len(body)
+    return mask

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import frames
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,7 +71,7 @@ def test_label_mask_is_every_assistant_turn_with_its_end_of_turn(tokenizer):
         system="Be brief.",
     )
     ids, mask, ends = chat_format.encode_conversation(tokenizer, messages)
-    assert expected_mask(tokenizer, messages) == mask
+    assert frames.chatml_assistant_mask(tokenizer, messages) == mask
     assert len(ends) == 3 and ends[-1] == len(ids)
     labelled = tokenizer.decode([t for t, m in zip(ids, mask) if m])
     assert labelled == "".join(
@@ -78,18 +79,7 @@ def test_label_mask_is_every_assistant_turn_with_its_end_of_turn(tokenizer):
     )
     # negative control: the same mask shifted by one token (either way) is not the assistant tokens
     for shifted in (mask[1:] + [0], [0] + mask[:-1]):
-        assert shifted != expected_mask(tokenizer, messages)
-
-
-def expected_mask(tokenizer, messages) -> list[int]:
-    """Written apart from chat_format: the ChatML text spelled out turn by turn, each turn tokenized alone
-    (the tiny tokenizer splits at <|im_start|> and <|im_end|>, so pieces tokenize as the whole does)."""
-    mask = []
-    for t in messages:
-        head = tokenizer(f"<|im_start|>{t['role']}\n", add_special_tokens=False)["input_ids"]
-        body = tokenizer(f"{t['content']}<|im_end|>\n", add_special_tokens=False)["input_ids"]
-        mask += [0] * len(head) + [int(t["role"] == "assistant")] * len(body)
-    return mask
+        assert shifted != frames.chatml_assistant_mask(tokenizer, messages)
 
 
 # ---------------------------------------------------------------- cleaning

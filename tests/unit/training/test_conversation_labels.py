@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import frames
 import pandas as pd
 import pytest
 import torch
@@ -54,17 +55,6 @@ def trainer_batch(tiny_base, out_dir, rows, padding_free=True, **train_params):
     return next(iter(trainer.get_train_dataloader())), tokenizer
 
 
-def assistant_token_mask(tokenizer, messages) -> list[int]:
-    """Independent of chat_format: ChatML spelled out turn by turn; an assistant turn's text, <|im_end|> and
-    newline are labelled (the tiny tokenizer splits at special tokens, so pieces tokenize as the whole does)."""
-    mask = []
-    for t in messages:
-        head = tokenizer(f"<|im_start|>{t['role']}\n", add_special_tokens=False)["input_ids"]
-        body = tokenizer(f"{t['content']}<|im_end|>\n", add_special_tokens=False)["input_ids"]
-        mask += [0] * len(head) + [int(t["role"] == "assistant")] * len(body)
-    return mask
-
-
 def labelled(batch) -> list[list[int]]:
     """Per example, 1 where a label is set; padding-free batches split at each position 0."""
     labels, positions = batch["labels"], batch.get("position_ids")
@@ -78,7 +68,7 @@ def labelled(batch) -> list[list[int]]:
 def test_every_assistant_turn_and_nothing_else_carries_labels(tiny_base, tmp_path, padding_free):
     rows = [CHAT, CHAT[:3]]
     batch, tokenizer = trainer_batch(tiny_base, tmp_path, rows, padding_free=padding_free)
-    expected = [assistant_token_mask(tokenizer, r) for r in rows]
+    expected = [frames.chatml_assistant_mask(tokenizer, r) for r in rows]
     got = labelled(batch)
     assert sorted(got, key=len) == sorted(expected, key=len)  # the sampler may reorder rows
     assert sum(expected[0]) > 3 * 3  # three turns' text and ends
@@ -93,4 +83,4 @@ def test_without_completion_only_loss_every_token_is_labelled(tiny_base, tmp_pat
     batch, tokenizer = trainer_batch(tiny_base, tmp_path, [CHAT], completion_only_loss=False)
     (got,) = labelled(batch)
     # padding-free: the collator unlabels each example's first token (nothing before it predicts it)
-    assert got == [0] + [1] * (len(assistant_token_mask(tokenizer, CHAT)) - 1)
+    assert got == [0] + [1] * (len(frames.chatml_assistant_mask(tokenizer, CHAT)) - 1)
