@@ -437,7 +437,8 @@ def test_edited_local_model_reruns_base_and_everything_after_it(reproduced, tmp_
     config.write_text(json.dumps(edited))
     assert dvc("status", "-q", cwd=project, check=False).returncode == 1  # DVC itself sees the edit
     assert ran(dvc("repro", "base", cwd=project).stdout) == {"base"}
-    assert ran(dvc("repro", "--dry", cwd=project).stdout) == DOWNSTREAM_OF_BASE
+    # export reads models/merged alone, which a dry run cannot know merge will change
+    assert ran(dvc("repro", "--dry", cwd=project).stdout) == DOWNSTREAM_OF_BASE - {"export"}
 
 
 def tokenizer_files(base_dir, out) -> None:
