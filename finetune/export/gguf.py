@@ -202,7 +202,8 @@ def _ratio(kind: str, ref: np.ndarray, err: np.ndarray, from_f16: bool = False) 
         if from_f16:
             bound = np.abs(blocks) * 2.0**-11 + d * (1 + 2.0**-11) * (0.5 + 127 * 2.0**-11) + 2.0**-24
         else:
-            bound = d / 2 + 127 * np.abs(d - d16)
+            # + fp32 rounding of x / d, of q * fp16(d) and of d itself: a few ulps of |x| and d
+            bound = d / 2 + 127 * np.abs(d - d16) + (np.abs(blocks) + d) * 2.0**-20
         bound = np.broadcast_to(bound, blocks.shape).reshape(ref.shape)
     else:
         rms = float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))) or 1e-30
