@@ -131,6 +131,7 @@ def build(family: Family, out: Path, seed: int = 0) -> Path:
             LlamaConfig(
                 vocab_size=len(tok),
                 tie_word_embeddings=True,
+                rope_theta=5e5,  # Llama-3's, unlike the transformers default: the GGUF check reads it
                 bos_token_id=ids("<|begin_of_text|>"),
                 eos_token_id=[ids("<|eot_id|>"), ids("<|end_of_text|>")],
                 max_position_embeddings=2048,

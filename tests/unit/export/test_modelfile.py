@@ -58,7 +58,7 @@ def test_stop_tokens_are_the_end_of_turn_then_eos(family_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(family_dir("llama3"))
     stops = chat_format.stop_token_ids(tokenizer, GenerationConfig.from_pretrained(family_dir("llama3")))
-    assert tokenizer.convert_ids_to_tokens(stops) == ["<|eot_id|>", "<|endoftext|>"]
+    assert tokenizer.convert_ids_to_tokens(stops) == ["<|eot_id|>", "<|end_of_text|>"]  # Llama-3.2-Instruct's
 
 
 # Ollama's template/chatml.gotmpl and its testdata (system-user-assistant-user), copied verbatim.
