@@ -77,6 +77,26 @@ LLAMA_TEMPLATE = (
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
+# --family phi3: Phi-3's layout (fused qkv_proj and gate_up_proj, untied head, KV heads = heads) scaled to ~0.5B on the
+# Qwen2 vocabulary plus Phi-3's special tokens and template; eos <|endoftext|>, generation_config eos
+# [<|endoftext|>, <|end|>]. The reference LoRA list names layers Phi-3 fuses, so this family trains all-linear.
+PHI3_05B = dict(
+    hidden_size=1024,
+    num_hidden_layers=12,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    intermediate_size=2816,
+    tie_word_embeddings=False,
+    max_position_embeddings=4096,
+    original_max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+)
+PHI3_SPECIALS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+FAMILY_PARAMS = {"phi3": {"train": {"lora": {"target_modules": "all-linear"}}}}
 
 # A handful of rows and steps: about 9 tokens/s of training on a 2-core CPU.
 CPU_PARAMS = {
@@ -112,18 +132,12 @@ def build_model_dir(out: Path) -> dict:
     model.generation_config = GenerationConfig(**SHIPPED_GENERATION)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"parameters": sum(p.numel() for p in model.parameters()), "special_ids": ids}
+    return {"parameters": sum(p.numel() for p in model.parameters()), "special_ids": ids, "layers": 24}
 
 
-def build_llama_dir(out: Path) -> dict:
-    """A random Llama-architecture ~0.5B model on the Qwen2 vocabulary + Llama-3's special tokens and template."""
-    import torch
-    from transformers import (
-        GenerationConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Tokenizer,
-    )
+def qwen2_vocab_with(specials: list[str]):
+    """The real Qwen2 vocabulary without its own special tokens, plus another family's."""
+    from transformers import Qwen2Tokenizer
 
     tokenizer = Qwen2Tokenizer(
         vocab=str(common.QWEN2_TOKENIZER / "vocab.json"),
@@ -133,29 +147,59 @@ def build_llama_dir(out: Path) -> dict:
         eos_token=None,
         pad_token=None,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": LLAMA_SPECIALS})
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+
+
+def save_random(model_class, config, generation, tokenizer, out: Path) -> dict:
+    """A random bf16 model of `config`, saved with its generation_config and tokenizer like a hub snapshot."""
+    import torch
+
+    torch.manual_seed(0)
+    config.dtype = torch.bfloat16
+    model = model_class(config).to(torch.bfloat16)
+    model.generation_config = generation
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "layers": config.num_hidden_layers}
+
+
+def build_llama_dir(out: Path) -> dict:
+    """A random Llama-architecture ~0.5B model on the Qwen2 vocabulary + Llama-3's special tokens and template."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer, ids = qwen2_vocab_with(LLAMA_SPECIALS)
     tokenizer.bos_token, tokenizer.eos_token, tokenizer.chat_template = (
         "<|begin_of_text|>",
         "<|eot_id|>",
         LLAMA_TEMPLATE,
     )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in LLAMA_SPECIALS}
     ends = [ids["<|eot_id|>"], ids["<|end_of_text|>"]]
-    torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ends, **LLAMA_05B
     )
-    config.dtype = torch.bfloat16
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.generation_config = GenerationConfig(
+    generation = GenerationConfig(
         bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ends, do_sample=True, temperature=0.6, top_p=0.9
     )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return {"parameters": sum(p.numel() for p in model.parameters()), "special_ids": ids, "stop_ids": ends}
+    built = save_random(LlamaForCausalLM, config, generation, tokenizer, out)
+    return {**built, "special_ids": ids, "stop_ids": ends}
 
 
-BUILDERS = {"qwen2": build_model_dir, "llama": build_llama_dir}
+def build_phi3_dir(out: Path) -> dict:
+    """A random Phi-3-architecture ~0.5B model on the Qwen2 vocabulary + Phi-3's special tokens and template."""
+    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
+
+    tokenizer, ids = qwen2_vocab_with(PHI3_SPECIALS)
+    tokenizer.eos_token = tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.chat_template = PHI3_TEMPLATE
+    eos = ids["<|endoftext|>"]
+    config = Phi3Config(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=eos, pad_token_id=eos, **PHI3_05B)
+    generation = GenerationConfig(eos_token_id=[eos, ids["<|end|>"]], pad_token_id=eos)
+    built = save_random(Phi3ForCausalLM, config, generation, tokenizer, out)
+    return {**built, "special_ids": ids, "stop_ids": [ids["<|end|>"], eos]}
+
+
+BUILDERS = {"qwen2": build_model_dir, "llama": build_llama_dir, "phi3": build_phi3_dir}
 
 
 def check_outputs(project: Path, built: dict | None = None) -> list[str]:
@@ -207,7 +251,7 @@ def check_outputs(project: Path, built: dict | None = None) -> list[str]:
     merged_config = project / "models/merged/config.json"
     if merged_config.is_file():
         config = json.loads(merged_config.read_text())
-        layers = (LLAMA_05B if built and "stop_ids" in built else QWEN2_05B)["num_hidden_layers"]
+        layers = built["layers"] if built else QWEN2_05B["num_hidden_layers"]
         if config.get("vocab_size", 0) < QWEN2_05B["vocab_size"] - 1000 or config.get("num_hidden_layers") != layers:
             problems.append("models/merged/config.json is not the 0.5B architecture")
     else:
@@ -227,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         "--family",
         choices=sorted(BUILDERS),
         default="qwen2",
-        help="qwen2: Qwen2-0.5B-Instruct's config (default); llama: a Llama-3-style ~0.5B",
+        help="qwen2: Qwen2-0.5B-Instruct's config (default); llama / phi3: a Llama-3- / Phi-3-style ~0.5B",
     )
     parser.add_argument("--keep", type=Path, help="keep the project here instead of a temp dir")
     parser.add_argument(
@@ -257,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for quantization in profiles:
         changes = common.deep_update(
-            GPU_PARAMS if args.gpu else CPU_PARAMS,
+            common.deep_update(GPU_PARAMS if args.gpu else CPU_PARAMS, FAMILY_PARAMS.get(args.family, {})),
             {
                 "model": {"base": "local", "local_dir": str(model_dir), "quantization": quantization},
                 "data": {"path": common.data_source()},

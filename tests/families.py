@@ -19,15 +19,10 @@ from pathlib import Path
 
 from helpers import REPO
 
-LLAMA3_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
-PHI3_TEMPLATE = (
-    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
+from benchmarks import check_real
+
+# The families' chat templates, one copy each, shared with make check-real's ~0.5B models.
+LLAMA3_TEMPLATE, PHI3_TEMPLATE = check_real.LLAMA_TEMPLATE, check_real.PHI3_TEMPLATE
 SIZE = {
     "hidden_size": 64,
     "intermediate_size": 128,
