@@ -22,6 +22,7 @@ from helpers import REPO, dvc, make_project, run, stage
 from pages import images, metric_cells, raw_markup, svg_root, write_inputs
 
 CURVES = runs.curve_files(str(REPO / "dvc.yaml"))
+CHARTS = len(CURVES) + 3  # curves, token lengths, base vs tuned, tuned - base with intervals
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def staged(tmp_path_factory, tiny_base):
 def test_stage_writes_one_self_contained_page(staged):
     html = (staged / paths.REPORT).read_text()
     uris = images(html)
-    assert len(uris) == len(CURVES) + 3  # curves, token lengths, base vs tuned, tuned - base with intervals
+    assert len(uris) == CHARTS
     for uri in uris:
         assert svg_root(uri).tag.endswith("svg")
     assert not re.search(r"<(script|link|iframe|object)\b|@import|url\(|\b(src|href)=\"(?!data:)", html)
@@ -127,7 +128,7 @@ def assert_charts_drawn(images_: list[dict], expected: int) -> None:
 
 @requires_chromium
 def test_chromium_draws_every_chart(staged, tmp_path):
-    assert_charts_drawn(drawn_images(staged / paths.REPORT, tmp_path), len(CURVES) + 2)
+    assert_charts_drawn(drawn_images(staged / paths.REPORT, tmp_path), CHARTS)
 
 
 BLANK_SVG = base64.b64encode(
@@ -145,7 +146,7 @@ def test_chromium_check_fails_on_a_broken_page(staged, tmp_path, breakage):
     broken = tmp_path / "broken.html"
     broken.write_text(html.replace(first, bad, 1))
     with pytest.raises(AssertionError, match="image not decoded" if breakage == "corrupt data URI" else "blank"):
-        assert_charts_drawn(drawn_images(broken, tmp_path), len(CURVES) + 2)
+        assert_charts_drawn(drawn_images(broken, tmp_path), CHARTS)
 
 
 # ---------------------------------------------------------------- two experiments
