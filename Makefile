@@ -50,7 +50,7 @@ bench: setup
 # The whole pipeline on a random Qwen2-0.5B-architecture model with the real tokenizer (~5 min on
 # 2 CPU cores): run it after changing train, evaluate, merge or model loading.
 check-real: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.check_real --family $(or $(FAMILY),qwen2)  # make check-real FAMILY=llama
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks.check_real --family $(or $(FAMILY),qwen2)  # make check-real FAMILY=llama (or phi3)
 
 # The exported GGUF files checked by llama.cpp itself (opt-in: the first run builds llama-cpp-python from
 # its pinned sdist, ~7 min on 2 cores, cached): logits and greedy answers vs the merged model, and

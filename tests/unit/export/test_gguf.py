@@ -14,6 +14,7 @@ import torch
 from finetune import chat_format
 from finetune.errors import ModelError
 from finetune.export import gguf
+from gguf_faults import swap_two_layers
 
 FAMILIES = ["qwen2", "llama3", "phi3"]
 
@@ -105,15 +106,8 @@ def test_wrong_metadata_fails(family, key, value, message, family_dir, exported,
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_layers_swapped_fails(family, family_dir, exported, tmp_path):
-    import gguf as gguf_py
-
     path = _copy(exported(family), tmp_path)
-    reader = gguf_py.GGUFReader(path, "r+")
-    first, second = (next(t for t in reader.tensors if t.name == f"blk.{i}.attn_output.weight") for i in (0, 1))
-    saved = first.data.copy()
-    first.data[...] = second.data
-    second.data[...] = saved
-    reader.data.flush()
+    swap_two_layers(path)
     with pytest.raises(ModelError, match=r"layers\.0\.self_attn\.o_proj\.weight \(Q8_0\) differs"):
         _check(path, family_dir(family))
 
