@@ -183,21 +183,28 @@ def verdict(r: dict) -> list[str]:
     return fails
 
 
+def swap_layers(path: Path, tensor: str = "") -> None:
+    """Swap layer 0's and layer 1's tensors in a GGUF file, in place: all of them, or blk.0/1.<tensor> only."""
+    import gguf
+
+    reader = gguf.GGUFReader(path, "r+")
+    by_name = {t.name: t for t in reader.tensors}
+    for name, t in by_name.items():
+        other = by_name.get(name.replace("blk.0.", "blk.1.", 1)) if name.startswith(f"blk.0.{tensor}") else None
+        if other is not None:
+            saved = t.data.copy()
+            t.data[...] = other.data
+            other.data[...] = saved
+    reader.data.flush()
+
+
 def broken_copies(path: Path, scratch: Path) -> list[tuple[str, Path]]:
     """The negative controls: layers 0 and 1 swapped; tokenizer.ggml.pre renamed (qwen2 -> gpt-2)."""
     import gguf
 
     swapped = scratch / f"swapped-{path.name}"
     shutil.copy(path, swapped)
-    reader = gguf.GGUFReader(swapped, "r+")
-    by_name = {t.name: t for t in reader.tensors}
-    for name, t in by_name.items():
-        other = by_name.get(name.replace("blk.0.", "blk.1.", 1)) if name.startswith("blk.0.") else None
-        if other is not None:
-            saved = t.data.copy()
-            t.data[...] = other.data
-            other.data[...] = saved
-    reader.data.flush()
+    swap_layers(swapped)
     pre = scratch / f"pre-{path.name}"
     shutil.copy(path, pre)
     reader = gguf.GGUFReader(pre, "r+")

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.check_gguf import swap_layers
+
 
 def swap_two_layers(path: Path) -> None:
     """Swap blk.0's and blk.1's attention output weights in the file, in place."""
-    import gguf as gguf_py
-
-    reader = gguf_py.GGUFReader(path, "r+")
-    first, second = (next(t for t in reader.tensors if t.name == f"blk.{i}.attn_output.weight") for i in (0, 1))
-    saved = first.data.copy()
-    first.data[...] = second.data
-    second.data[...] = saved
-    reader.data.flush()
+    swap_layers(path, "attn_output.weight")
 
 
 def break_after_write(kind: str) -> None:
@@ -38,8 +33,8 @@ def sitecustomize(kind: str) -> str:
     return (
         "import os, sys\n"
         "if os.environ.pop('BREAK_GGUF', None):\n"
-        f"    sys.path[:0] = [os.getcwd(), {str(Path(__file__).parent)!r}]\n"
+        f"    sys.path[:0] = [os.getcwd(), {str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]\n"
         "    import gguf_faults\n"
         f"    gguf_faults.break_after_write({kind!r})\n"
-        "    del sys.path[:2]\n"
+        "    del sys.path[:3]\n"
     )

@@ -36,6 +36,9 @@ LEARN_TO_STOP = {  # a large lr on few distinct short answers: the tuned model a
     },
     "evaluate": {"num_samples": 8, "max_new_tokens": 8, "batch_size": 8},
 }
+# LoRA on 3 of Llama-3's 7 linear layers learns to stop later: tuned.stopped_fraction after 40 steps is 0.0 at 5e-3
+# and 0.125 at 2e-2 (with Llama-3's rope theta); 1.0 after 60 steps at 2e-2.
+LEARN_TO_STOP_BY_FAMILY = {"llama3": {"lr": 2e-2, "train": {"max_steps": 60}}}
 
 
 def short_answers(path):
@@ -55,9 +58,7 @@ def family_run(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"family_{name}")
     model_dir = families.build(family, root / "model")
     changes = deep_update(local_model_params(model_dir), LEARN_TO_STOP)
-    if name == "llama3":  # LoRA on 3 of its 7 linear layers learns to stop later: tuned.stopped_fraction after
-        changes["lr"] = 2e-2  # 40 steps is 0.0 at 5e-3 and 0.125 at 2e-2 (Llama-3's rope theta); 1.0 at 2e-2 x 60
-        changes["train"]["max_steps"] = 60
+    changes = deep_update(changes, LEARN_TO_STOP_BY_FAMILY.get(name, {}))
     changes["data"] = {"path": str(short_answers(root / "answers.jsonl"))}
     if TARGETS[name] is not None:
         changes["train"]["lora"] = {"target_modules": TARGETS[name]}
